@@ -1,0 +1,105 @@
+"""ESVAE (Zhan et al.): a spiking VAE whose latent space is Poisson firing rates.
+
+encode:  x -> x_e in {0,1}^{T x L},  posterior_rate r_p = mean_t x_e          (paper Eq. 5)
+latent:  z_t = 1[u_t < r_p]  (PoissonLatent, reparameterised gradient)        (Eqs. 7, 8)
+prior:   z_n ~ N(0, I_L),  prior_rate r_q = sigmoid(W z_n + b)  (the bottleneck layer)
+loss:    MSE(x_hat, x) + lambda * RBF-MMD^2(r_p, r_q)                          (Eq. 11)
+"""
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from spikingjelly.activation_based import functional as sj_functional
+from torch import nn
+
+from ..functional import rbf_mmd
+from ..neuron import PoissonLatent
+from .backbone import HIDDEN, SpikingDecoder, SpikingEncoder, check_images
+
+
+class ESVAE(nn.Module):
+    """ESVAE for 32x32 images (MNIST, Fashion-MNIST: 1 channel; CIFAR-10: 3); ``image_size=64`` is ESVAELarge.
+
+    ``forward(x)`` returns ``(reconstruction, posterior_rate, prior_rate)``.
+    """
+
+    name = "esvae"
+
+    def __init__(self, in_channels: int = 1, latent_dim: int = 128, T: int = 16, image_size: int = 32,
+                 mmd_lambda: float = 1e-3, half_width: float = 0.5, backend: str = "auto"):
+        super().__init__()
+        if image_size not in HIDDEN:
+            raise ValueError(f"image_size must be one of {sorted(HIDDEN)}, got {image_size}")
+        if in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+        hidden = HIDDEN[image_size]
+        self.in_channels, self.image_size, self.latent_dim, self.T = in_channels, image_size, latent_dim, int(T)
+        self.mmd_lambda = float(mmd_lambda)
+        self.config = dict(model=self.name, in_channels=in_channels, image_size=image_size,
+                           latent_dim=latent_dim, T=int(T), mmd_lambda=float(mmd_lambda),
+                           half_width=float(half_width), backend=backend)
+        self.encoder = SpikingEncoder(in_channels, latent_dim, hidden, backend)
+        self.latent = PoissonLatent(T=T, half_width=half_width, backend=backend)
+        self.prior_layer = nn.Linear(latent_dim, latent_dim)  # the "bottleneck" (reference: sample_layer)
+        self.decoder = SpikingDecoder(in_channels, latent_dim, hidden, backend)
+
+    def _direct_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Direct encoding: the analog image repeated at every step, as a stride-0 view ``[T, N, C, H, W]``."""
+        check_images(x, self.in_channels, self.image_size)
+        return x.unsqueeze(0).expand(self.T, *x.shape)
+
+    def encode(self, x: torch.Tensor):
+        """Return the encoder spikes x_e ``[T, N, L]`` and the posterior rate ``[N, L]``."""
+        sj_functional.reset_net(self)
+        x_e = self.encoder(self._direct_input(x))
+        return x_e, x_e.mean(0)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent spikes ``[T, N, L]`` -> images ``[N, C, H, W]`` in (-1, 1)."""
+        if z.dim() != 3 or z.shape[2] != self.latent_dim:
+            raise ValueError(f"expected latent spikes [T, N, {self.latent_dim}], got {tuple(z.shape)}")
+        sj_functional.reset_net(self.decoder)
+        return self.decoder(z)
+
+    def prior_rate(self, n: int, generator: Optional[torch.Generator] = None,
+                   device: Optional[torch.device] = None) -> torch.Tensor:
+        """r_q = sigmoid(bottleneck(z_n)), z_n ~ N(0, I), shape ``[n, L]``."""
+        weight = self.prior_layer.weight
+        z_n = torch.randn(n, self.latent_dim, generator=generator, device=device or weight.device,
+                          dtype=weight.dtype)
+        return torch.sigmoid(self.prior_layer(z_n))
+
+    def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None):
+        _, posterior_rate = self.encode(x)
+        z = self.latent(posterior_rate, generator=generator)
+        reconstruction = self.decode(z)
+        prior_rate = self.prior_rate(x.shape[0], generator)
+        return reconstruction, posterior_rate, prior_rate
+
+    def loss(self, x: torch.Tensor, out) -> Dict[str, torch.Tensor]:
+        """MSE(x_hat, x) + lambda * MMD^2(posterior_rate, prior_rate)."""
+        reconstruction, posterior_rate, prior_rate = out
+        recon = F.mse_loss(reconstruction, x)
+        mmd = rbf_mmd(posterior_rate, prior_rate)
+        return {"loss": recon + self.mmd_lambda * mmd, "recon": recon, "mmd": mmd}
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Generate ``n`` images: z_n -> prior rate -> Poisson spikes -> decoder."""
+        rate = self.prior_rate(n, generator)
+        return self.decode(self.latent(rate, generator=generator))
+
+    def param_groups(self, lr: float, bottleneck_lr_mult: float = 10.0):
+        """AdamW groups of the reference: the bottleneck at ``bottleneck_lr_mult`` x lr."""
+        prior = list(self.prior_layer.parameters())
+        ids = {id(p) for p in prior}
+        rest = [p for p in self.parameters() if id(p) not in ids]
+        return [{"params": rest, "lr": lr}, {"params": prior, "lr": lr * bottleneck_lr_mult}]
+
+
+class ESVAELarge(ESVAE):
+    """ESVAE for 64x64 images (CelebA): hidden channels 32..512, flatten 2048."""
+
+    def __init__(self, in_channels: int = 3, latent_dim: int = 128, T: int = 16, **kwargs):
+        kwargs.pop("image_size", None)
+        super().__init__(in_channels, latent_dim, T, image_size=64, **kwargs)
