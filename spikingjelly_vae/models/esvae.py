@@ -83,11 +83,18 @@ class ESVAE(nn.Module):
         mmd = rbf_mmd(posterior_rate, prior_rate)
         return {"loss": recon + self.mmd_lambda * mmd, "recon": recon, "mmd": mmd}
 
+    def posterior_spikes(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Latent spikes z_p ``[T, N, L]`` sampled from the posterior of images ``x``."""
+        return self.latent(self.encode(x)[1], generator=generator)
+
+    def prior_spikes(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Latent spikes z_q ``[T, n, L]`` of the generation path (prior rate -> Poisson spikes)."""
+        return self.latent(self.prior_rate(n, generator), generator=generator)
+
     @torch.no_grad()
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Generate ``n`` images: z_n -> prior rate -> Poisson spikes -> decoder."""
-        rate = self.prior_rate(n, generator)
-        return self.decode(self.latent(rate, generator=generator))
+        return self.decode(self.prior_spikes(n, generator))
 
     def param_groups(self, lr: float, bottleneck_lr_mult: float = 10.0):
         """AdamW groups of the reference: the bottleneck at ``bottleneck_lr_mult`` x lr."""
