@@ -1,0 +1,140 @@
+"""ESVAE: shapes, parameter counts, loss, sampling, optimisation and input checks."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from spikingjelly_vae import rbf_mmd
+from spikingjelly_vae.checkpoint import CheckpointError, load_model, save_checkpoint
+from spikingjelly_vae.models import ESVAE, ESVAELarge, build_model
+
+
+def n_params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("cin,L,size,cls", [(1, 32, 32, ESVAE), (3, 128, 32, ESVAE), (3, 128, 64, ESVAELarge)])
+def test_shapes(cin, L, size, cls):
+    model = cls(in_channels=cin, latent_dim=L, T=4)
+    x = torch.rand(2, cin, size, size) * 2 - 1
+    recon, post, prior = model(x, generator=torch.Generator().manual_seed(0))
+    assert recon.shape == x.shape and post.shape == (2, L) and prior.shape == (2, L)
+    assert recon.abs().max() <= 1
+    assert set((post * 4).unique().tolist()) <= set(range(5))  # rates in {0, 1/T, ..., 1}
+    x_e, rate = model.encode(x)
+    assert x_e.shape == (4, 2, L) and torch.equal(rate, x_e.mean(0))
+    assert model.sample(3, generator=torch.Generator().manual_seed(0)).shape == (3, cin, size, size)
+    assert model.posterior_spikes(x).shape == (4, 2, L) and model.prior_spikes(5).shape == (4, 5, L)
+
+
+def test_parameter_counts():
+    """reference_spec 2.3: backbone ~1.05 M (32x32, L=128), ~0.85 M (L=32), ~3.68 M (64x64); bottleneck 16.5 k."""
+    m = ESVAE(in_channels=3, latent_dim=128)
+    bottleneck = n_params(m.prior_layer)
+    assert bottleneck == 128 * 128 + 128 == 16512
+    assert 1.04e6 < n_params(m) - bottleneck < 1.06e6
+    assert 0.84e6 < n_params(ESVAE(1, 32)) - 32 * 33 < 0.86e6
+    assert 3.67e6 < n_params(ESVAELarge()) - 16512 < 3.69e6
+    # none of FSVAE's prior/posterior networks live inside ESVAE (the official code carries ~3 M unused)
+    assert not any("posterior" in k or k.startswith("prior.") for k in m.state_dict())
+
+
+def test_loss_terms_and_deterministic_forward():
+    model = ESVAE(1, 16, T=4)
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    out1 = model(x, generator=torch.Generator().manual_seed(3))
+    out2 = model(x, generator=torch.Generator().manual_seed(3))
+    for a, b in zip(out1, out2):
+        assert torch.equal(a, b)
+    terms = model.loss(x, out1)
+    recon, post, prior = out1
+    assert torch.equal(terms["recon"], F.mse_loss(recon, x))
+    assert torch.equal(terms["mmd"], rbf_mmd(post, prior))
+    assert torch.equal(terms["loss"], terms["recon"] + 1e-3 * terms["mmd"])
+
+
+def test_gradients_reach_encoder_and_bottleneck():
+    model = ESVAE(1, 16, T=4)
+    x = torch.rand(8, 1, 32, 32) * 2 - 1
+    model.loss(x, model(x))["loss"].backward()
+    assert model.prior_layer.weight.grad.abs().sum() > 0
+    assert model.encoder.convs[0].weight_layer.weight.grad.abs().sum() > 0
+    assert model.decoder.to_image.weight_layer.weight.grad.abs().sum() > 0
+
+
+def test_param_groups_bottleneck_lr():
+    model = ESVAE(1, 16, T=4)
+    groups = model.param_groups(0.003)
+    assert groups[0]["lr"] == 0.003 and groups[1]["lr"] == pytest.approx(0.03)
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert groups[1]["params"][0] is model.prior_layer.weight
+
+
+def test_optimisation_lowers_loss():
+    torch.manual_seed(0)
+    model = ESVAE(1, 16, T=4)
+    x = torch.rand(16, 1, 32, 32) * 2 - 1
+    opt = torch.optim.AdamW(model.param_groups(3e-3), weight_decay=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(20):
+        terms = model.loss(x, model(x, generator=gen))
+        opt.zero_grad()
+        terms["loss"].backward()
+        opt.step()
+        losses.append(terms["loss"].item())
+    assert sum(losses[-5:]) < 0.8 * sum(losses[:5])
+
+
+def test_bad_input_messages():
+    model = ESVAE(1, 16, T=2)
+    with pytest.raises(ValueError, match=r"\[N, 1, 32, 32\]"):
+        model(torch.rand(2, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"\[N, 1, 32, 32\]"):
+        model(torch.rand(2, 1, 28, 28))
+    with pytest.raises(ValueError, match="float"):
+        model(torch.zeros(2, 1, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"\[T, N, 16\]"):
+        model.decode(torch.zeros(2, 3, 8))
+    with pytest.raises(ValueError, match="image_size"):
+        ESVAE(1, 16, image_size=28)
+    with pytest.raises(ValueError, match="in_channels"):
+        ESVAE(2, 16)
+
+
+def test_build_model_and_checkpoint_roundtrip(tmp_path):
+    model = ESVAE(3, 8, T=2, image_size=64)
+    clone = build_model(model.config)
+    assert isinstance(clone, ESVAE) and clone.image_size == 64
+    path = save_checkpoint(tmp_path / "m.pt", {"model": model.state_dict(), "config": model.config, "epoch": 1})
+    loaded, ckpt = load_model(path)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k])
+    assert ckpt["epoch"] == 1 and "version" in ckpt
+    with pytest.raises(CheckpointError, match="expected 'fsvae'"):
+        load_model(path, expected_model="fsvae")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_model(bad)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "missing.pt")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(CheckpointError, match="not a spikingjelly-vae checkpoint"):
+        load_model(foreign)
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model({"model": "vq-vae"})
+
+
+def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    path = save_checkpoint(tmp_path / "c.pt", {"model": {}, "config": {"model": "esvae"}, "epoch": 1})
+    before = path.read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"model": {}, "config": {}, "epoch": 2})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
