@@ -1,0 +1,252 @@
+"""Datasets: MNIST, Fashion-MNIST, CIFAR-10 and CelebA as `(image in [-1, 1], label)` pairs.
+
+Preprocessing follows the official code (reference_spec.md section 5): images go through
+`ToTensor()` and then `x -> 2x - 1`; MNIST and Fashion-MNIST are resized to 32x32; CelebA is
+`CenterCrop(148)` then resized to 64x64; training sets of CIFAR-10 and CelebA get a random
+horizontal flip.
+
+Where the files are looked for (under the data root: ``root`` argument, else env ``SJVAE_DATA``,
+else ``./data``):
+
+- mnist:   ``MNIST/raw/`` (torchvision layout, idx files)
+- fashion: ``FashionMNIST/raw/`` (torchvision layout)
+- cifar10: ``cifar-10-batches-py/`` (torchvision python batches), else an image-folder tree
+  ``CIFAR-10-images/{train,test}/<class>/*.jpg`` (or ``cifar10/{train,test}/...``), else the tarball
+  ``CIFAR-10-images.tar.gz`` (at the root or in ``cifar10_jpeg_q75/``), extracted once into the cache
+  folder (``cache_dir`` argument, else env ``SJVAE_CACHE``, else ``~/.cache/spikingjelly_vae``) and
+  reused from there. Nothing is ever written under the data root.
+- celeba:  torchvision layout ``celeba/img_align_celeba`` + ``celeba/list_eval_partition.txt``, else a
+  flat folder of aligned JPEGs (``celeba/img_align_celeba``, ``celeba_sample/img_align_celeba`` or
+  ``img_align_celeba``). In a flat folder, files named by their CelebA id (``000001.jpg``) are split
+  with the official partition (train <= 162770 < valid <= 182637 < test); other names all count as
+  train. Split ``all`` takes every image. CelebA has no class label: the label is always 0.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import datasets, transforms
+
+__all__ = ["DATASETS", "dataset_info", "load_dataset", "resolve_data_root", "resolve_cache_dir",
+           "to_unit_range", "to_signed_range"]
+
+DATASETS = {
+    "mnist": {"in_channels": 1, "image_size": 32, "num_classes": 10, "flip": False},
+    "fashion": {"in_channels": 1, "image_size": 32, "num_classes": 10, "flip": False},
+    "cifar10": {"in_channels": 3, "image_size": 32, "num_classes": 10, "flip": True},
+    "celeba": {"in_channels": 3, "image_size": 64, "num_classes": 0, "flip": True},
+}
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_TARBALL = "CIFAR-10-images.tar.gz"
+CELEBA_TRAIN_LAST, CELEBA_VALID_LAST = 162770, 182637  # official list_eval_partition boundaries
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def dataset_info(name: str) -> dict:
+    """`in_channels`, `image_size`, `num_classes` (0: unlabelled) of a dataset name."""
+    return {k: v for k, v in DATASETS[_check_name(name)].items() if k != "flip"}
+
+
+def _check_name(name: str) -> str:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return name
+
+
+def resolve_data_root(root=None) -> Path:
+    """The data root: `root`, else env SJVAE_DATA, else ./data. It must be an existing folder."""
+    root = Path(root or os.environ.get("SJVAE_DATA") or "data").expanduser()
+    if not root.is_dir():
+        raise ValueError(f"data root {str(root)!r} does not exist or is not a folder; "
+                         "pass --data-root (or set SJVAE_DATA) to the folder holding the datasets")
+    return root
+
+
+def resolve_cache_dir(cache_dir=None) -> Path:
+    """The cache folder: `cache_dir`, else env SJVAE_CACHE, else ~/.cache/spikingjelly_vae."""
+    return Path(cache_dir or os.environ.get("SJVAE_CACHE") or "~/.cache/spikingjelly_vae").expanduser()
+
+
+def to_signed_range(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] -> [-1, 1]: x -> 2x - 1 (the official normalisation)."""
+    return x * 2.0 - 1.0
+
+
+def to_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1], clamped (for saving images)."""
+    return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def _transform(name: str, augment: bool):
+    steps = []
+    if name == "celeba":
+        steps += [transforms.CenterCrop(148), transforms.Resize((64, 64))]
+    elif name in ("mnist", "fashion"):
+        steps += [transforms.Resize((32, 32))]
+    if augment:
+        steps += [transforms.RandomHorizontalFlip()]
+    steps += [transforms.ToTensor(), transforms.Lambda(to_signed_range)]
+    return transforms.Compose(steps)
+
+
+def load_dataset(name: str, split: str = "train", root=None, cache_dir=None, augment=None) -> Dataset:
+    """A Dataset of `(image [C, H, W] in [-1, 1], int label)`.
+
+    split: `train` or `test` (CelebA also `valid` and `all`). augment: None gives the official choice
+    (flip on CIFAR-10 / CelebA train), True/False forces it.
+    """
+    _check_name(name)
+    splits = ("train", "valid", "test", "all") if name == "celeba" else ("train", "test")
+    if split not in splits:
+        raise ValueError(f"unknown split {split!r} for {name}; choose one of {', '.join(splits)}")
+    root = resolve_data_root(root)
+    if augment is None:
+        augment = split == "train" and DATASETS[name]["flip"]
+    tf = _transform(name, bool(augment))
+    if name in ("mnist", "fashion"):
+        return _mnist_like(name, split, root, tf)
+    if name == "cifar10":
+        return _cifar10(split, root, cache_dir, tf)
+    return _celeba(split, root, tf)
+
+
+def _mnist_like(name, split, root, tf):
+    cls, folder = (datasets.MNIST, "MNIST") if name == "mnist" else (datasets.FashionMNIST, "FashionMNIST")
+    prefix = "train" if split == "train" else "t10k"
+    needed = [root / folder / "raw" / f"{prefix}-{kind}-idx{d}-ubyte" for kind, d in (("images", 3), ("labels", 1))]
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        raise ValueError(f"{name} not found under data root {str(root)!r}: missing {', '.join(missing)} "
+                         f"(torchvision layout {folder}/raw/ with decompressed idx files)")
+    return cls(str(root), train=split == "train", transform=tf, download=False)
+
+
+class ImageFileDataset(Dataset):
+    """Images from a list of `(path, label)`; RGB; `transform` applied to the PIL image."""
+
+    def __init__(self, samples, transform=None):
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, label = self.samples[i]
+        with Image.open(path) as im:
+            img = im.convert("RGB")
+        return (self.transform(img) if self.transform else img), label
+
+
+def _class_folder_samples(split_dir: Path):
+    """`(path, label)` for `split_dir/<class>/*.jpg`, labels = index of the class in CIFAR10_CLASSES."""
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    if tuple(classes) != CIFAR10_CLASSES:
+        raise ValueError(f"CIFAR-10 image folder {str(split_dir)!r} must hold the 10 class folders "
+                         f"{', '.join(CIFAR10_CLASSES)}; found {classes or 'none'}")
+    samples = [(str(f), label) for label, c in enumerate(classes)
+               for f in sorted((split_dir / c).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not samples:
+        raise ValueError(f"CIFAR-10 image folder {str(split_dir)!r} holds no images")
+    return samples
+
+
+def _cifar10(split, root, cache_dir, tf):
+    if (root / "cifar-10-batches-py").is_dir():
+        return datasets.CIFAR10(str(root), train=split == "train", transform=tf, download=False)
+    for tree in (root / "CIFAR-10-images", root / "cifar10"):
+        if (tree / split).is_dir():
+            return ImageFileDataset(_class_folder_samples(tree / split), tf)
+    tarball = next((p for p in (root / CIFAR10_TARBALL, root / "cifar10_jpeg_q75" / CIFAR10_TARBALL)
+                    if p.is_file()), None)
+    if tarball is None:
+        raise ValueError(
+            f"CIFAR-10 not found under data root {str(root)!r}: looked for cifar-10-batches-py/, "
+            f"CIFAR-10-images/{split}/, cifar10/{split}/, {CIFAR10_TARBALL} and "
+            f"cifar10_jpeg_q75/{CIFAR10_TARBALL}")
+    tree = extract_tarball_once(tarball, resolve_cache_dir(cache_dir) / "cifar10", forbidden=root)
+    return ImageFileDataset(_class_folder_samples(tree / "CIFAR-10-images" / split), tf)
+
+
+def extract_tarball_once(tarball: Path, dest: Path, forbidden: Path | None = None) -> Path:
+    """Extract `tarball` into `dest` unless a finished extraction of the same file is already there.
+
+    A `.complete` marker holding the tarball's name and size is written last, after the extracted
+    tree has been moved into place, so an interrupted extraction is redone, never half-used.
+    `forbidden` (the data root) may not contain `dest`.
+    """
+    tarball, dest = Path(tarball), Path(dest)
+    if forbidden is not None and dest.resolve().is_relative_to(Path(forbidden).resolve()):
+        raise ValueError(f"cache folder {str(dest)!r} lies inside the data root {str(forbidden)!r}; "
+                         "pass --cache-dir (or set SJVAE_CACHE) to a folder outside it")
+    stamp = f"{tarball.name} {tarball.stat().st_size}\n"
+    marker = dest / ".complete"
+    if marker.is_file() and marker.read_text() == stamp:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".partial-", dir=dest.parent))
+    try:
+        with tarfile.open(tarball) as tf:
+            members = tf.getmembers()
+            for m in members:  # plain files and folders with relative names only
+                parts = Path(m.name).parts
+                if not (m.isfile() or m.isdir()) or Path(m.name).is_absolute() or ".." in parts:
+                    raise ValueError(f"refusing to extract {str(tarball)!r}: unsafe member {m.name!r}")
+            tf.extractall(tmp, members=members, filter="fully_trusted")
+        (tmp / ".complete").write_text(stamp)
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+class _NoLabel(Dataset):
+    """Wraps torchvision's CelebA (target_type=[]) so that items are `(image, 0)`."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        return self.base[i][0], 0
+
+
+def _celeba(split, root, tf):
+    tv = root / "celeba"
+    if (tv / "img_align_celeba").is_dir() and (tv / "list_eval_partition.txt").is_file():
+        try:
+            base = datasets.CelebA(str(root), split=split, target_type=[], transform=tf, download=False)
+            return _NoLabel(base)
+        except (RuntimeError, FileNotFoundError):
+            pass  # incomplete torchvision layout: fall back to the flat folder below
+    folders = (tv / "img_align_celeba", root / "celeba_sample" / "img_align_celeba", root / "img_align_celeba")
+    folder = next((f for f in folders if f.is_dir()), None)
+    if folder is None:
+        raise ValueError(f"CelebA not found under data root {str(root)!r}: looked for "
+                         + ", ".join(str(f.relative_to(root)) + "/" for f in folders))
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    picked = [f for f in files if split == "all" or _celeba_split(f.stem) == split]
+    if not picked:
+        raise ValueError(f"no CelebA {split} images in {str(folder)!r} ({len(files)} images in all; "
+                         "files named by CelebA id are split by the official partition); "
+                         "use split 'all' or another split")
+    return ImageFileDataset([(str(f), 0) for f in picked], tf)
+
+
+def _celeba_split(stem: str) -> str:
+    if not stem.isdigit():
+        return "train"
+    i = int(stem)
+    return "train" if i <= CELEBA_TRAIN_LAST else "valid" if i <= CELEBA_VALID_LAST else "test"
