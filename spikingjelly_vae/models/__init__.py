@@ -3,9 +3,11 @@ from typing import Callable, Dict
 
 from torch import nn
 
+from .ann_vae import ANNVAE, ANNVAELarge
 from .esvae import ESVAE, ESVAELarge
+from .fsvae import FSVAE, FSVAELarge
 
-MODELS: Dict[str, Callable[..., nn.Module]] = {"esvae": ESVAE}
+MODELS: Dict[str, Callable[..., nn.Module]] = {"esvae": ESVAE, "fsvae": FSVAE, "ann-vae": ANNVAE}
 
 
 def register_model(name: str, builder: Callable[..., nn.Module]) -> None:
@@ -21,4 +23,5 @@ def build_model(config: dict) -> nn.Module:
     return MODELS[name](**config)
 
 
-__all__ = ["ESVAE", "ESVAELarge", "MODELS", "build_model", "register_model"]
+__all__ = ["ESVAE", "ESVAELarge", "FSVAE", "FSVAELarge", "ANNVAE", "ANNVAELarge", "MODELS", "build_model",
+           "register_model"]
