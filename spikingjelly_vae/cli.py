@@ -8,5 +8,107 @@ def main():
     """Spiking variational autoencoders (ESVAE, FSVAE, ANN VAE) on SpikingJelly."""
 
 
+# --- metrics: `evaluate` and the `fad-ae` group (logic in spikingjelly_vae.metrics) ---------------
+_DATASETS = ["mnist", "fashion", "cifar10", "celeba"]
+
+
+@main.command("evaluate")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Model checkpoint written by `sjvae train`.")
+@click.option("--metrics", default="mse,fid,is,fad", show_default=True,
+              help="Comma-separated subset of mse, fid, is, fad.")
+@click.option("--dataset", type=click.Choice(_DATASETS), default=None,
+              help="Dataset the model was trained on (default: read from the checkpoint).")
+@click.option("--data-root", default=None, help="Folder holding the datasets (else env SJVAE_DATA, else ./data).")
+@click.option("--protocol", type=click.Choice(["reference", "standard"]), default="reference", show_default=True,
+              help="reference: as the paper's numbers were computed (IS on unnormalised input, FAD with "
+                   "train-mode BN); standard: normalised IS input, eval-mode FAD. See docs/metrics.md.")
+@click.option("--fid-mode", type=click.Choice(["clean", "fast"]), default="clean", show_default=True,
+              help="Resize to 299: clean = PIL bicubic per channel on the CPU (clean-fid, the reference); "
+                   "fast = bilinear on the tensor's device.")
+@click.option("--inception-weights", default=None,
+              help="FID Inception TorchScript file (or its folder); else env SJVAE_INCEPTION. Never downloaded.")
+@click.option("--is-weights", default=None,
+              help="torchvision ImageNet inception_v3 weights (inception_v3_google-0cc3c7bd.pth) for IS; "
+                   "else env SJVAE_IS_WEIGHTS. Without them IS is reported as unavailable.")
+@click.option("--fad-dir", default=None,
+              help="Folder with the official FAD stat_checkpoints/ and stats/; else env SJVAE_FAD.")
+@click.option("--fad-checkpoint", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="A feature AE from `sjvae fad-ae train` to use instead (its FAD is not the paper's).")
+@click.option("--cache-dir", default=None,
+              help="Cache for reference statistics and our AEs (else env SJVAE_CACHE, else ~/.cache/spikingjelly_vae).")
+@click.option("--num-samples", default=5000, show_default=True, type=click.IntRange(2),
+              help="Generated images for FID (FAD takes all ceil(n/128)*128 drawn).")
+@click.option("--sample-batch", default=128, show_default=True, type=click.IntRange(2),
+              help="Sampling batch for FID/FAD (the reference's 128; FAD's BN sees these batches).")
+@click.option("--is-batch", default=256, show_default=True, type=click.IntRange(1), help="IS sampling batch.")
+@click.option("--is-batches", default=10, show_default=True, type=click.IntRange(1),
+              help="IS batches (reference protocol: one split per batch).")
+@click.option("--mse-batch", default=512, show_default=True, type=click.IntRange(1),
+              help="Test batch for MSE (reference: 2 x training batch).")
+@click.option("--mse-num", default=None, type=click.IntRange(1), help="Use only the first N test images for MSE.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the sampling generators.")
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option("--output", default=None, type=click.Path(dir_okay=False),
+              help="JSON file for all numbers (default: <checkpoint>.eval-<protocol>.json beside it).")
+def evaluate_cmd(checkpoint, metrics, dataset, data_root, protocol, fid_mode, inception_weights, is_weights,
+                 fad_dir, fad_checkpoint, cache_dir, num_samples, sample_batch, is_batch, is_batches, mse_batch,
+                 mse_num, seed, device, output):
+    """Compute MSE, FID, IS and FAD of a checkpoint; print a table and write JSON."""
+    from pathlib import Path
+
+    from .metrics.evaluate import evaluate_checkpoint, format_table, write_json
+    names = tuple(m.strip().lower() for m in metrics.split(",") if m.strip())
+    try:
+        res = evaluate_checkpoint(checkpoint, names, dataset, data_root, protocol, fid_mode, inception_weights,
+                                  is_weights, fad_dir, fad_checkpoint, cache_dir, num_samples, sample_batch,
+                                  is_batch, is_batches, mse_batch, mse_num, seed, device, progress=True,
+                                  log=lambda msg: click.echo(msg, err=True))
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    out = Path(output) if output else Path(checkpoint).with_name(Path(checkpoint).name + f".eval-{protocol}.json")
+    click.echo(format_table(res))
+    click.echo(f"wrote {write_json(res, out)}")
+
+
+@main.group("fad-ae")
+def fad_ae():
+    """The FAD feature autoencoder (train one where the official one is missing)."""
+
+
+@fad_ae.command("train")
+@click.option("--dataset", type=click.Choice(_DATASETS), required=True, help="Dataset to train the AE on.")
+@click.option("--data-root", default=None, help="Folder holding the datasets (else env SJVAE_DATA, else ./data).")
+@click.option("--cache-dir", default=None,
+              help="Default output is <cache>/fad_ae/ (else env SJVAE_CACHE, else ~/.cache/spikingjelly_vae).")
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Output folder instead of the cache.")
+@click.option("--epochs", default=150, show_default=True, type=click.IntRange(1), help="Epochs (official 150).")
+@click.option("--batch-size", default=250, show_default=True, type=click.IntRange(2), help="Batch (official 250).")
+@click.option("--lr", default=1e-3, show_default=True, type=float, help="AdamW learning rate (official 1e-3).")
+@click.option("--latent-dim", default=None, type=click.IntRange(1),
+              help="Latent size (default: official, 64 MNIST/Fashion-MNIST, 128 CIFAR-10/CelebA).")
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option("--seed", default=0, show_default=True, help="Seed for initialisation and shuffling.")
+@click.option("--limit", default=None, type=click.IntRange(2), help="Use only the first N train and test images.")
+@click.option("--overwrite", is_flag=True, help="Replace files of an earlier run in the output folder.")
+def fad_ae_train(dataset, data_root, cache_dir, out, epochs, batch_size, lr, latent_dim, device, seed, limit,
+                 overwrite):
+    """Train a FAD feature AE by the official recipe and write its test statistics."""
+    import torch
+
+    from .metrics.feature_ae import train_feature_ae
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        meta = train_feature_ae(dataset, data_root, out, cache_dir, epochs, batch_size, lr, latent_dim, device,
+                                seed, limit, overwrite, log=lambda msg: click.echo(msg, err=True))
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    click.echo(f"checkpoint {meta['checkpoint']} (best epoch {meta['best_epoch'] + 1}, "
+               f"test MSE {meta['best_test_loss']:.5f})")
+    click.echo(f"test statistics {meta['stats']}")
+    click.echo("NOTE: FAD measured with this autoencoder is ours, NOT comparable with the paper's Table I "
+               "(the paper used its own AE; see docs/metrics.md).")
+
+
 if __name__ == "__main__":
     main()
