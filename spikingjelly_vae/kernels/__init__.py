@@ -1,0 +1,73 @@
+"""Fast paths for the paper's LIF neuron and the Poisson latent sampler.
+
+``lif_multistep`` and ``poisson_sample`` run a CuPy kernel for CUDA tensors when CuPy works, and a lean
+torch implementation otherwise (``select_backend`` decides and logs why, once per reason). Both paths
+compute the same float32 operations in the same order, so their results agree bit for bit. CuPy is
+imported only when a CUDA tensor asks for it. See docs/kernels.md.
+"""
+from typing import Optional
+
+import torch
+
+from . import lif as _lif
+from . import poisson as _poisson
+from .dispatch import BACKENDS, KERNEL_DTYPES, select_backend
+
+__all__ = ["lif_multistep", "lif_multistep_torch", "poisson_sample", "select_backend", "BACKENDS",
+           "KERNEL_DTYPES"]
+
+
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def lif_multistep(x_seq: torch.Tensor, decay: float = 0.25, v_threshold: float = 0.2, v_reset: float = 0.0,
+                  centre: float = 0.0, half_width: float = 0.5, backend: str = "auto") -> torch.Tensor:
+    """Spikes ``[T, ...]`` of the paper's LIF for inputs ``x_seq [T, ...]``, differentiable.
+
+    h_t = v_reset + decay (v_{t-1} - v_reset) + x_t, o_t = 1[h_t >= v_threshold],
+    v_t = h_t (1 - o_t) + v_reset o_t (reset not detached), v_{-1} = v_reset;
+    surrogate do/dh = 1[|h - centre| < half_width] / (2 half_width).
+    """
+    _lif.check_input(x_seq)
+    p = _lif.LIFParams(decay, v_threshold, v_reset, centre, half_width)
+    if select_backend(x_seq, backend) == "cupy":
+        if _needs_grad(x_seq):
+            return _lif.LIFCuPy.apply(x_seq, p)
+        return _lif.cupy_forward(x_seq, p, keep_h=False)[0]
+    if _needs_grad(x_seq):
+        return _lif.LIFTorch.apply(x_seq, p)
+    return _lif.torch_forward(x_seq, p, keep_h=False)[0]
+
+
+def lif_multistep_torch(x_seq: torch.Tensor, decay: float = 0.25, v_threshold: float = 0.2,
+                        v_reset: float = 0.0, centre: float = 0.0, half_width: float = 0.5) -> torch.Tensor:
+    """The torch path of :func:`lif_multistep` on any device (what CPU users get)."""
+    return lif_multistep(x_seq, decay, v_threshold, v_reset, centre, half_width, backend="torch")
+
+
+def poisson_sample(rate: torch.Tensor, T: int, half_width: float = 0.5,
+                   generator: Optional[torch.Generator] = None, backend: str = "auto") -> torch.Tensor:
+    """Spikes ``[T, *rate.shape]``: z_t = 1[u_t < rate], dz/drate = sum_t 1[|rate - u_t| < w] / (2w).
+
+    u ~ U(0, 1) comes from ``torch.rand(..., generator=generator, dtype=rate.dtype)`` on rate's device,
+    so a seeded generator gives the same spikes on either backend.
+    """
+    if not isinstance(rate, torch.Tensor) or not rate.is_floating_point():
+        kind = rate.dtype if isinstance(rate, torch.Tensor) else type(rate).__name__
+        raise ValueError(f"rate must be a floating-point tensor of firing rates in [0, 1], got {kind}")
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise ValueError(f"T must be an integer >= 1, got {T!r}")
+    _poisson.check_half_width(half_width)
+    if generator is not None and generator.device.type != rate.device.type:
+        raise ValueError(f"generator is on {generator.device} but rate is on {rate.device}; "
+                         f"create it with torch.Generator(device=rate.device)")
+    uniform = torch.rand((int(T), *rate.shape), generator=generator, device=rate.device, dtype=rate.dtype)
+    half_width = float(half_width)
+    if select_backend(rate, backend) == "cupy":
+        if _needs_grad(rate):
+            return _poisson.PoissonCuPy.apply(rate, uniform, half_width)
+        return _poisson.cupy_forward(rate, uniform, half_width, keep_window=False)[0]
+    if _needs_grad(rate):
+        return _poisson.PoissonTorch.apply(rate, uniform, half_width)
+    return _poisson.torch_forward(rate, uniform, half_width, keep_window=False)[0]
