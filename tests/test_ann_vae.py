@@ -102,7 +102,7 @@ def test_not_spiking_and_param_groups():
     with pytest.raises(ValueError, match="not spikes"):
         model.prior_spikes(2)
     groups = model.param_groups(1e-3)
-    assert len(groups) == 1 and groups[0]["lr"] == 1e-3 and groups[0]["weight_decay"] == 0.01
+    assert len(groups) == 1 and groups[0]["lr"] == 1e-3
     assert len(groups[0]["params"]) == len(list(model.parameters()))
     with pytest.raises(ValueError, match="shape"):
         model(torch.zeros(2, 1, 28, 28))

@@ -19,7 +19,6 @@ from torch import nn
 
 from .backbone import HIDDEN, check_images
 
-ADAMW_WEIGHT_DECAY = 0.01  # torch.optim.AdamW's default, which the official ANN VAE script leaves in place
 NOT_SPIKING = ("the ANN VAE has a Gaussian latent, not spikes: spike-based experiments (robustness, "
                "firing rates, spike rasters) apply to esvae and fsvae only")
 
@@ -117,8 +116,8 @@ class ANNVAE(nn.Module):
         raise ValueError(NOT_SPIKING)
 
     def param_groups(self, lr: float):
-        """One AdamW group at ``lr`` with weight decay 0.01 (AdamW's default, as the official script)."""
-        return [{"params": list(self.parameters()), "lr": lr, "weight_decay": ADAMW_WEIGHT_DECAY}]
+        """One AdamW group at ``lr`` (the preset's weight decay is 0.01, AdamW's default, as the official script)."""
+        return [{"params": list(self.parameters()), "lr": lr}]
 
 
 class ANNVAELarge(ANNVAE):
