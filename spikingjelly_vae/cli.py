@@ -110,5 +110,45 @@ def fad_ae_train(dataset, data_root, cache_dir, out, epochs, batch_size, lr, lat
                "(the paper used its own AE; see docs/metrics.md).")
 
 
+# --- baselines: `compare` (logic in spikingjelly_vae.compare) ------------------------------------
+@main.command("compare")
+@click.argument("paths", nargs=-1, type=click.Path(exists=True))
+@click.option("--protocol", type=click.Choice(["reference", "standard"]), default="reference", show_default=True,
+              help="Which `sjvae evaluate` result to read: <checkpoint>.eval-<protocol>.json.")
+@click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="Checkpoint of a run folder: best.pt (lowest test loss) or last.pt.")
+@click.option("--evaluate", "run_evaluate", is_flag=True,
+              help="Run `sjvae evaluate` (all metrics, default settings) on checkpoints that have no result yet "
+                   "and write it beside them; slow (5,000 samples and Inception passes per model).")
+@click.option("--all-published", is_flag=True, help="Also show the paper's SWGAN, SGAD and TAID rows.")
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "csv"]), default="text", show_default=True,
+              help="Table format printed.")
+@click.option("--output", default=None, type=click.Path(dir_okay=False),
+              help="Also write every row (values, source, notes) to this JSON file.")
+@click.option("--data-root", default=None, help="With --evaluate: folder holding the datasets.")
+@click.option("--inception-weights", default=None, help="With --evaluate: FID Inception TorchScript file.")
+@click.option("--is-weights", default=None, help="With --evaluate: torchvision inception_v3 weights for IS.")
+@click.option("--fad-dir", default=None, help="With --evaluate: folder with the official FAD files.")
+@click.option("--device", default=None, help="With --evaluate: cpu or cuda (default: cuda when available).")
+def compare_cmd(paths, protocol, which, run_evaluate, all_published, fmt, output, data_root, inception_weights,
+                is_weights, fad_dir, device):
+    """Table I: published numbers beside ours, from evaluate JSONs, checkpoints or run folders (PATHS).
+
+    Every cell is marked P (published) or M (measured). Without PATHS, prints the paper's table.
+    """
+    from .compare import compare
+    kwargs = {}
+    if run_evaluate:
+        kwargs = dict(data_root=data_root, inception_weights=inception_weights, is_weights=is_weights,
+                      fad_dir=fad_dir, device=device, log=lambda msg: click.echo(msg, err=True))
+    try:
+        res = compare(paths, protocol, which, run_evaluate, all_published, fmt, output, **kwargs)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    click.echo(res["table"], nl=False)
+    if res["output"]:
+        click.echo(f"wrote {res['output']}")
+
+
 if __name__ == "__main__":
     main()
