@@ -1,0 +1,222 @@
+"""Shared plumbing of the experiments: seeded draws, model/data loading, atomic result files, provenance."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+# Where a checkpoint may record its dataset (train.py's layout is not fixed here; the first hit wins).
+_DATASET_KEYS = (("dataset",), ("config", "dataset"), ("args", "dataset"), ("train_config", "dataset"),
+                 ("run", "dataset"), ("metrics", "dataset"))
+
+
+def derived_seed(seed: int, stream: str, batch_index: int) -> int:
+    """A 63-bit seed from (seed, stream name, batch index) only: sha256 of ``"seed:stream:batch"``."""
+    digest = hashlib.sha256(f"{int(seed)}:{stream}:{int(batch_index)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def generator_for(seed: int, stream: str, batch_index: int, device="cpu") -> torch.Generator:
+    """A torch.Generator on ``device`` seeded by :func:`derived_seed`; the same arguments give the same draws."""
+    return torch.Generator(device=device).manual_seed(derived_seed(seed, stream, batch_index))
+
+
+def resolve_device(device: Optional[str]) -> torch.device:
+    """``None``/"auto" -> cuda when available, else cpu; otherwise the named device (checked)."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for but CUDA is not available here; use --device cpu")
+    return dev
+
+
+def is_spiking(model) -> bool:
+    """True for models with latent spikes (``posterior_spikes``/``prior_spikes``; not ``spiking = False``)."""
+    return bool(getattr(model, "spiking", True)) and all(
+        hasattr(model, m) for m in ("posterior_spikes", "prior_spikes", "encode", "decode"))
+
+
+def require_spiking(model, path="model") -> None:
+    """Raise ValueError unless ``model`` offers the latent-spike interface the experiments use."""
+    if not is_spiking(model):
+        name = getattr(model, "config", {}).get("model", type(model).__name__)
+        raise ValueError(f"{path}: the {name!r} model has no latent spikes (posterior_spikes, prior_spikes); "
+                         "this experiment needs a spiking VAE (esvae, fsvae)")
+
+
+def load_spiking_model(path, device, spiking_only: bool = True) -> tuple:
+    """``checkpoint.load_model`` + eval mode (+ the spiking-interface check); returns ``(model, checkpoint)``."""
+    from ..checkpoint import load_model
+
+    model, ckpt = load_model(path, map_location=device)
+    if spiking_only:
+        require_spiking(model, str(path))
+    return model.eval(), ckpt
+
+
+def checkpoint_dataset(ckpt: dict) -> Optional[str]:
+    """The dataset name a checkpoint records, if any."""
+    for keys in _DATASET_KEYS:
+        value = ckpt
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def choose_dataset(dataset: Optional[str], ckpts: Sequence[dict], paths: Sequence) -> str:
+    """The dataset to use: ``dataset`` if given, else the one every checkpoint records; checked against models."""
+    from ..data import dataset_info
+
+    names = {checkpoint_dataset(c) for c in ckpts}
+    if dataset is None:
+        if len(names) != 1 or None in names:
+            raise ValueError("cannot tell the dataset from the checkpoint(s) "
+                             f"({', '.join(str(p) for p in paths)}); pass --dataset mnist|fashion|cifar10|celeba")
+        dataset = names.pop()
+    info = dataset_info(dataset)
+    for ckpt, path in zip(ckpts, paths):
+        cfg = ckpt["config"]
+        if cfg.get("in_channels") != info["in_channels"] or cfg.get("image_size") != info["image_size"]:
+            raise ValueError(f"{path}: model takes {cfg.get('in_channels')}x{cfg.get('image_size')}px images "
+                             f"but {dataset} has {info['in_channels']}x{info['image_size']}px; pass the "
+                             "--dataset it was trained on")
+    return dataset
+
+
+def image_loader(dataset: str, split: str, root=None, num_images: Optional[int] = None,
+                 batch_size: int = 256, cache_dir=None) -> DataLoader:
+    """The first ``num_images`` images of a split, in file order, no augmentation, as a DataLoader."""
+    from ..data import load_dataset
+
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    ds = load_dataset(dataset, split, root=root, cache_dir=cache_dir, augment=False)
+    if num_images is not None:
+        if num_images < 1:
+            raise ValueError(f"number of images must be >= 1, got {num_images}")
+        ds = Subset(ds, range(min(int(num_images), len(ds))))
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
+
+
+def model_label(ckpt: dict, path) -> str:
+    """A short label for plots: the model name and the checkpoint's file stem."""
+    return f"{ckpt['config'].get('model', 'model')}:{Path(path).stem}"
+
+
+def unique_labels(labels: Sequence[str]) -> List[str]:
+    """Make labels unique by appending #2, #3, ... to repeats."""
+    seen, out = {}, []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label}#{seen[label]}")
+    return out
+
+
+def safe_name(label: str) -> str:
+    """A file-name-safe version of a label."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_json(path, obj) -> Path:
+    """Write ``obj`` as indented JSON via a temp file + rename."""
+    return _atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_jsonable) + "\n").encode())
+
+
+def write_csv(path, rows: Iterable[dict], fieldnames: Sequence[str]) -> Path:
+    """Write dict rows as CSV (None -> empty cell) via a temp file + rename."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fieldnames), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return _atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def save_figure(fig, path, dpi: int = 150) -> Path:
+    """Save a matplotlib figure as PNG via a temp file + rename, then close it."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return _atomic_write_bytes(path, buf.getvalue())
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _jsonable(value):
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def git_commit() -> Optional[str]:
+    """The package checkout's commit (``+dirty`` when it has local changes), or None outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance(device, started: float, **extra) -> dict:
+    """Who/what/where of a result: package version, commit, torch, device name, seconds taken."""
+    from .. import __version__
+
+    device = torch.device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return {"package_version": __version__, "commit": git_commit(), "torch": torch.__version__,
+            "device": str(device), "device_name": name, "threads": torch.get_num_threads(),
+            "seconds": round(time.time() - started, 3), **extra}
