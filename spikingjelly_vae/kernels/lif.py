@@ -46,44 +46,64 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def torch_forward(x_seq: torch.Tensor, p: LIFParams, keep_h: bool):
-    """Spikes ``[T, ...]`` (input dtype) and, if ``keep_h``, the pre-reset potentials h (input dtype)."""
+    """Spikes ``[T, ...]`` (input dtype) and, if ``keep_h``, the pre-reset potentials h (input dtype).
+
+    Masks are float tensors throughout (boolean masks are several times slower on CPU).
+    """
     x = x_seq.contiguous()
     spikes = torch.empty_like(x)
     h_seq = torch.empty_like(x) if keep_h else None
     cdt = _compute_dtype(x.dtype)
+    direct = x.dtype == cdt  # write h and spikes straight into the outputs
     v = torch.full(x.shape[1:], p.v_reset, dtype=cdt, device=x.device)
-    h = torch.empty_like(v)
-    fire = torch.empty(x.shape[1:], dtype=torch.bool, device=x.device)
+    h_buf, s_buf = torch.empty_like(v), torch.empty_like(v)
     for t in range(x.shape[0]):
+        h = h_seq[t] if (direct and keep_h) else h_buf
+        s = spikes[t] if direct else s_buf
         if p.v_reset == 0.0:
             torch.mul(v, p.decay, out=h)
         else:
             torch.sub(v, p.v_reset, out=h)
             h.mul_(p.decay).add_(p.v_reset)
         h.add_(x[t])
-        torch.ge(h, p.v_threshold, out=fire)
-        spikes[t].copy_(fire)
-        if keep_h:
-            h_seq[t].copy_(h)
-        h.masked_fill_(fire, p.v_reset)  # h becomes the post-reset v_t
-        v, h = h, v
+        torch.ge(h, p.v_threshold, out=s)
+        if not direct:
+            spikes[t].copy_(s)
+            if keep_h:
+                h_seq[t].copy_(h)
+        # v_t = h (1 - s) + v_reset s, written as h - h s (+ v_reset s): exact for s in {0, 1}
+        torch.mul(h, s, out=v)
+        torch.sub(h, v, out=v)
+        if p.v_reset != 0.0:
+            v.add_(s, alpha=p.v_reset)
     return spikes, h_seq
 
 
 def torch_backward(grad_spikes: torch.Tensor, spikes: torch.Tensor, h_seq: torch.Tensor, p: LIFParams):
-    """dL/dx ``[T, ...]`` by the reverse-time recursion in the module docstring."""
+    """dL/dx ``[T, ...]`` by the reverse-time recursion in the module docstring.
+
+    One step at a time on step-sized buffers (they stay in cache; whole-sequence temporaries are slower
+    on CPU), in the kernel's operation order.
+    """
     cdt = _compute_dtype(h_seq.dtype)
-    h = h_seq.to(cdt)
-    sg = (h - p.centre).abs_().lt_(p.half_width).to(cdt).mul_(p.height)
-    dv_dh = torch.rsub(h, p.v_reset).mul_(sg)
-    dv_dh = torch.rsub(spikes.to(cdt), 1.0).add_(dv_dh)
-    local = grad_spikes.to(cdt).mul(sg)  # dL/do_t * do/dh
-    del sg, h
     grad_x = torch.empty_like(h_seq)
-    g = local[-1].clone()
-    grad_x[-1].copy_(g)
-    for t in range(h_seq.shape[0] - 2, -1, -1):
-        g.mul_(p.decay).mul_(dv_dh[t]).add_(local[t])
+    sg, dv_dh, keep, g = (torch.zeros(h_seq.shape[1:], dtype=cdt, device=h_seq.device) for _ in range(4))
+    for t in range(h_seq.shape[0] - 1, -1, -1):
+        h, s = h_seq[t].to(cdt), spikes[t].to(cdt)
+        if p.centre == 0.0:
+            torch.abs(h, out=sg)
+        else:
+            torch.sub(h, p.centre, out=sg).abs_()
+        sg.lt_(p.half_width).mul_(p.height)  # do/dh
+        if p.v_reset == 0.0:
+            torch.neg(h, out=dv_dh)
+        else:
+            torch.sub(h, p.v_reset, out=dv_dh).neg_()  # v_reset - h
+        dv_dh.mul_(sg)
+        torch.mul(s, -1.0, out=keep).add_(1.0)  # 1 - s
+        dv_dh.add_(keep)  # dv_t/dh_t
+        sg.mul_(grad_spikes[t])  # dL/do_t * do/dh
+        g.mul_(p.decay).mul_(dv_dh).add_(sg)
         grad_x[t].copy_(g)
     return grad_x
 
