@@ -42,7 +42,8 @@ def route_lif_to_lean_torch():
         if self.store_v_seq or isinstance(self.v, torch.Tensor):
             return original(self, x_seq, *args, **kwargs)
         sg = self.surrogate_function
-        return lif_multistep_torch(x_seq, self.decay, self.v_threshold, self.v_reset, sg.centre, sg.half_width)
+        return lif_multistep_torch(x_seq, self.decay, self.v_threshold, self.v_reset, sg.centre,
+                                   sg.half_width)
 
     neuron.PaperLIFNode.multi_step_forward = multi_step_forward
 
@@ -63,7 +64,8 @@ def run_variant(variant: str, opts: dict) -> dict:
         route_lif_to_lean_torch()
     torch.manual_seed(0)
     model = ESVAE(in_channels=3, latent_dim=128, T=opts["T"], image_size=32, backend=backend).to(device)
-    x = torch.rand(opts["batch"], 3, 32, 32, generator=torch.Generator().manual_seed(1)).mul(2).sub(1).to(device)
+    x = torch.rand(opts["batch"], 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    x = x.mul(2).sub(1).to(device)
     if opts["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -117,7 +119,8 @@ def main(argv=None):
     ap.add_argument("--channels-last", action="store_true", help="model and images in channels_last")
     ap.add_argument("--bf16", action="store_true", help="torch.autocast(dtype=bfloat16) around the forward")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
-    ap.add_argument("--out", default=None, help="JSON path (default results/bench_esvae_step_<cpu|cuda>.json)")
+    ap.add_argument("--out", default=None,
+                    help="JSON path (default results/bench_esvae_step_<cpu|cuda>.json)")
     args = ap.parse_args(argv)
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -141,15 +144,15 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     record = {"benchmark": "bench_esvae_step", "model": "ESVAE(in_channels=3, latent_dim=128, image_size=32)",
-              "data": "synthetic images in [-1, 1], CIFAR-10 shapes", **opts, **commit(), **device_info(device),
-              "results": []}
+              "data": "synthetic images in [-1, 1], CIFAR-10 shapes", **opts, **commit(),
+              **device_info(device), "results": []}
     ctx = mp.get_context("spawn")
     for variant in variants:
         with ctx.Pool(1) as pool:
             row = pool.apply(run_variant, (variant, opts))
         record["results"].append(row)
-        print(f"{variant:>10}: {row['images_per_s']:10.2f} images/s  step {row['step_s_median'] * 1e3:9.1f} ms",
-              flush=True)
+        step_ms = row["step_s_median"] * 1e3
+        print(f"{variant:>10}: {row['images_per_s']:10.2f} images/s  step {step_ms:9.1f} ms", flush=True)
     out = Path(args.out) if args.out else ROOT / "results" / f"bench_esvae_step_{device.type}.json"
     print("wrote", write_json(record, out))
 

@@ -2,7 +2,8 @@
 
 Implementations (one process, same inputs):
   cupy              our CuPy kernel (CUDA + CuPy only)
-  lean_torch        our torch path: no-graph forward loop + hand-written backward (kernels.lif_multistep_torch)
+  lean_torch        our torch path (kernels.lif_multistep_torch): no-graph forward loop + hand-written
+                    backward
   sj_lif_rectangle  SpikingJelly LIFNode(tau=4/3, decay_input=False, v_th=0.2, hard reset 0, reset not
                     detached) with our RectangleSurrogate: SpikingJelly's torch reference path
   sj_lif_atan       the same LIFNode with SpikingJelly's built-in ATan surrogate: its native path (a custom
@@ -62,7 +63,8 @@ def device_info(device: torch.device) -> dict:
 
     info = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
             "torch_threads": torch.get_num_threads(), "spikingjelly": metadata.version("spikingjelly"),
-            "cpu_count": os.cpu_count(), "cpu": _cpu_model()}
+            "cpu_count": os.cpu_count(), "cpu": _cpu_model(),
+            "loadavg_1min_at_start": round(os.getloadavg()[0], 2)}  # other work on the machine skews times
     if device.type == "cuda":
         info.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
     try:
@@ -212,7 +214,7 @@ def main(argv=None):
                     + ", ".join(n for n, _, _ in ESVAE_LAYERS))
     ap.add_argument("--impls", default="all", help="comma list of implementations, or all")
     ap.add_argument("--warmup", type=int, default=10,
-                    help="untimed calls per measurement (CPU: glibc malloc needs a few to reach steady state)")
+                    help="untimed calls per measurement (CPU: glibc malloc needs a few to settle)")
     ap.add_argument("--repeats", type=int, default=None, help="timed calls (default 50 CUDA, 10 CPU)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", default=None, help="JSON path (default results/bench_lif_<cpu|cuda>.json)")
@@ -232,22 +234,23 @@ def main(argv=None):
         if unknown:
             ap.error(f"unknown or unavailable implementations {sorted(unknown)}; available: {sorted(impls)}")
         impls = {k: impls[k] for k in wanted}
-    layers = ESVAE_LAYERS if args.layers == "all" else [l for l in ESVAE_LAYERS if l[0] in args.layers.split(",")]
+    names = [n for n, _, _ in ESVAE_LAYERS] if args.layers == "all" else args.layers.split(",")
+    layers = [layer for layer in ESVAE_LAYERS if layer[0] in names]
 
     record = {"benchmark": "bench_lif", "T": args.T, "batch": args.batch, "dtype": args.dtype,
               "warmup": args.warmup, **commit(), **device_info(device),
-              "note": "fwd+bwd of one LIF layer; times in ms; saved_bytes = tensors autograd keeps for backward",
+              "note": "fwd+bwd of one LIF layer; times in ms; saved_bytes: what autograd keeps for backward",
               "layers": []}
     totals = {}
     for name, shape, count in layers:
         rows = bench_layer(impls, shape, args, device, dtype)
-        record["layers"].append({"layer": name, "shape": [args.T, args.batch, *shape], "count_in_esvae": count,
-                                 "results": rows})
+        record["layers"].append({"layer": name, "shape": [args.T, args.batch, *shape],
+                                 "count_in_esvae": count, "results": rows})
         for r in rows:
             totals[r["impl"]] = totals.get(r["impl"], 0.0) + count * r["ms_median"]
-            print(f"{name:>10} {r['impl']:>17}: {r['ms_median']:9.3f} ms  saved beyond output "
-                  f"{r['saved_bytes_beyond_output'] / 2**20:8.2f} MiB  spikes==first {r['spikes_equal_first']}",
-                  flush=True)
+            mib = r["saved_bytes_beyond_output"] / 2**20
+            print(f"{name:>10} {r['impl']:>17}: {r['ms_median']:9.3f} ms  saved beyond output {mib:8.2f} MiB"
+                  f"  spikes==first {r['spikes_equal_first']}", flush=True)
     record["esvae_all_lif_layers_ms"] = {k: round(v, 3) for k, v in totals.items()}
     out = Path(args.out) if args.out else ROOT / "results" / f"bench_lif_{device.type}.json"
     print("sum over ESVAE's LIF layers (ms):", record["esvae_all_lif_layers_ms"])

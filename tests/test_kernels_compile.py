@@ -30,8 +30,8 @@ def test_nvcc_compiles_each_kernel_source(dtype, tmp_path):
     assert "fma." not in ptx.read_text()  # --fmad=false: same roundings as torch's separate mul and add
     # machine code for Turing, Ampere and Hopper (bfloat16/half conversions have no arch requirement)
     gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in (75, 80, 90)]
-    res = subprocess.run([NVCC, *NVRTC_OPTIONS, *gencode, "-fatbin", str(src), "-o", str(tmp_path / "k.fatbin")],
-                         capture_output=True, text=True)
+    res = subprocess.run([NVCC, *NVRTC_OPTIONS, *gencode, "-fatbin", str(src), "-o",
+                          str(tmp_path / "k.fatbin")], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "warning" not in res.stderr.lower(), res.stderr
 

@@ -97,7 +97,7 @@ def emulated(emulators, monkeypatch):
         c_args = []
         for i, (arg, kind) in enumerate(zip(args, kinds)):
             np_type, c_type = C_TYPES[kind]
-            assert type(arg) is np_type, f"{name} parameter {i}: {kind} needs {np_type.__name__}, got {type(arg)}"
+            assert type(arg) is np_type, f"{name} arg {i}: {kind} needs {np_type.__name__}, got {type(arg)}"
             c_args.append(c_type(int(arg)) if kind == "ptr" else c_type(arg.item()))
         grid = (n + BLOCK - 1) // BLOCK
         calls.append((name, grid))
@@ -115,9 +115,9 @@ def _input(shape, seed, dtype):
 
 @pytest.mark.parametrize("dtype", list(DTYPE_NAMES))
 @pytest.mark.parametrize("shape", [(16, 1), (16, 3, 100), (1, 5), (7, 2, 2, 3)])
-@pytest.mark.parametrize("setting", [dict(decay=0.25, v_threshold=0.2, v_reset=0.0, centre=0.0, half_width=0.5),
-                                     dict(decay=0.6, v_threshold=0.3, v_reset=-0.1, centre=0.25,
-                                          half_width=0.3)])
+@pytest.mark.parametrize("setting", [
+    dict(decay=0.25, v_threshold=0.2, v_reset=0.0, centre=0.0, half_width=0.5),
+    dict(decay=0.6, v_threshold=0.3, v_reset=-0.1, centre=0.25, half_width=0.3)])
 def test_lif_kernel_equals_torch_path_bitwise(emulated, dtype, shape, setting):
     p = klif.LIFParams(**setting)
     x = _input(shape, 1, dtype)

@@ -43,7 +43,8 @@ def _lif_both(x, grad, **setting):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(T, 1), (T, 7), (T, 3, 5), (T, 256, 32, 16, 16), (1, 300), (T, 2, 3, 4, 5)])
+@pytest.mark.parametrize("shape", [(T, 1), (T, 7), (T, 3, 5), (T, 256, 32, 16, 16), (1, 300),
+                                   (T, 2, 3, 4, 5)])
 @pytest.mark.parametrize("setting", [dict(), dict(centre=0.2), dict(decay=0.5, v_threshold=0.3, v_reset=-0.1,
                                                                     centre=0.3, half_width=0.4)])
 def test_lif_cupy_equals_torch_path(dtype, shape, setting):
@@ -116,12 +117,12 @@ def test_lif_cupy_memory_kept_for_backward():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("half_width", [0.5, 0.3])
 def test_poisson_cupy_equals_torch_path(dtype, half_width):
-    rate = torch.rand(256, 128, device="cuda", generator=torch.Generator(device="cuda").manual_seed(0)).to(dtype)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    rate = torch.rand(256, 128, device="cuda", generator=gen).to(dtype)
     grad = _input((T, 256, 128), 1, dtype)
     a, b = rate.clone().requires_grad_(), rate.clone().requires_grad_()
-    z_k = kernels.poisson_sample(a, T, half_width, torch.Generator(device="cuda").manual_seed(9), backend="cupy")
-    z_t = kernels.poisson_sample(b, T, half_width, torch.Generator(device="cuda").manual_seed(9),
-                                 backend="torch")
+    z_k = kernels.poisson_sample(a, T, half_width, gen.manual_seed(9), backend="cupy")
+    z_t = kernels.poisson_sample(b, T, half_width, gen.manual_seed(9), backend="torch")
     assert "PoissonCuPy" in type(z_k.grad_fn).__name__
     assert torch.equal(z_k, z_t)
     z_k.backward(grad)

@@ -6,7 +6,8 @@
     do/dh = 1[|h - centre| < half_width] / (2 * half_width)  (rectangle surrogate on the potential)
 
 With v_reset = 0 this is the reference u_t = decay * u_{t-1} * (1 - o_{t-1}) + x_t. Backward through time:
-g_t = dL/dh_t = dL/do_t * do/dh + decay * g_{t+1} * dv_t/dh_t, with dv_t/dh_t = (1 - o_t) + (v_reset - h_t) * do/dh.
+g_t = dL/dh_t = dL/do_t * do/dh + decay * g_{t+1} * dv_t/dh_t,
+dv_t/dh_t = (1 - o_t) + (v_reset - h_t) * do/dh.
 Only the spikes (the output) and h are kept for backward, h in the input dtype; the computation is float32
 (float64 for float64 input), op for op the same as the CUDA kernel in ``sources.py``.
 """

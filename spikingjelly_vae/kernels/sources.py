@@ -29,8 +29,9 @@ __device__ inline float from_float(float x) { return x; }
     # nearest even, subnormals included) only serves host compilers that emulate the kernels in tests.
     "half": r"""
 typedef unsigned short scalar_t;
-__device__ inline unsigned int float_bits(float f) { union { float f; unsigned int u; } c; c.f = f; return c.u; }
-__device__ inline float bits_float(unsigned int u) { union { float f; unsigned int u; } c; c.u = u; return c.f; }
+union float_or_bits { float f; unsigned int u; };
+__device__ inline unsigned int float_bits(float f) { float_or_bits c; c.f = f; return c.u; }
+__device__ inline float bits_float(unsigned int u) { float_or_bits c; c.u = u; return c.f; }
 #if defined(__CUDA_ARCH__)
 __device__ inline float to_float(unsigned short h) {
     float f;
@@ -77,8 +78,9 @@ __device__ inline unsigned short from_float(float f) {
     # bfloat16 is the upper half of a float32; rounding to nearest even by integer arithmetic.
     "bfloat16": r"""
 typedef unsigned short scalar_t;
-__device__ inline unsigned int float_bits(float f) { union { float f; unsigned int u; } c; c.f = f; return c.u; }
-__device__ inline float bits_float(unsigned int u) { union { float f; unsigned int u; } c; c.u = u; return c.f; }
+union float_or_bits { float f; unsigned int u; };
+__device__ inline unsigned int float_bits(float f) { float_or_bits c; c.f = f; return c.u; }
+__device__ inline float bits_float(unsigned int u) { float_or_bits c; c.u = u; return c.f; }
 __device__ inline float to_float(unsigned short b) { return bits_float(((unsigned int)b) << 16); }
 __device__ inline unsigned short from_float(float f) {
     const unsigned int x = float_bits(f);
