@@ -273,3 +273,23 @@ def test_ddp_two_processes_gloo(tmp_path):
                                         "images_per_s": r0["results"]["metrics"]["images_per_s"]}
     assert r0["results"]["metrics"]["test_images"] == 32 and r0["results"]["world_size"] == 2
     assert load_checkpoint(out / "last.pt")["world_size"] == 2
+
+
+def test_reference_presets_and_overrides():
+    """The official ESVAE configs (reference_spec 6.2): effective lr = lr * batch / 250, bottleneck x10."""
+    rows = {d: presets.get_preset("esvae", d) for d in ("mnist", "fashion", "cifar10", "celeba")}
+    assert {d: (r["batch_size"], r["lr"], r["model"]["latent_dim"]) for d, r in rows.items()} == {
+        "mnist": (256, 0.003072, 32), "fashion": (256, 0.003072, 32), "cifar10": (256, 0.0006144, 128),
+        "celeba": (64, 0.000256, 128)}
+    assert all(r["epochs"] == 300 and r["weight_decay"] == 1e-3 and r["bottleneck_lr_mult"] == 10.0
+               and r["model"]["T"] == 16 and r["model"]["mmd_lambda"] == 1e-3 for r in rows.values())
+    cfg = train.TrainConfig(dataset="cifar10", lr=0.01, T=8, model_kwargs={"mmd_lambda": 0.5}).resolved()
+    assert (cfg.lr, cfg.T, cfg.latent_dim, cfg.batch_size, cfg.test_batch_size, cfg.drop_last) == \
+        (0.01, 8, 128, 256, 512, True)
+    assert cfg.model_kwargs == {"latent_dim": 128, "T": 8, "mmd_lambda": 0.5}
+    rows["mnist"]["lr"] = 1.0  # get_preset returns a copy
+    assert presets.get_preset("esvae", "mnist")["lr"] == 0.003072
+    with pytest.raises(ValueError, match="no preset for model 'esvae' on dataset 'svhn'"):
+        presets.get_preset("esvae", "svhn")
+    with pytest.raises(ValueError, match="missing"):
+        presets.register_preset("x", "mnist", {"lr": 1.0})
