@@ -90,19 +90,22 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device: torch.device, warmup: int, repeats: int) -> dict:
-    """Median/min/max wall time of ``fn()`` in ms after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
+def timed_round_robin(fns: dict, device: torch.device, warmup: int, repeats: int) -> dict:
+    """{name: median/min/max ms of ``fn()``}; the calls alternate between the functions, so load from other
+    processes on a shared machine spreads over all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
     sync(device)
-    times = []
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"ms_median": round(statistics.median(times), 4), "ms_min": round(min(times), 4),
-            "ms_max": round(max(times), 4), "repeats": repeats}
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: {"ms_median": round(statistics.median(t), 4), "ms_min": round(min(t), 4),
+                   "ms_max": round(max(t), 4), "repeats": repeats} for name, t in times.items()}
 
 
 def write_json(record: dict, path: Path) -> Path:
@@ -173,7 +176,7 @@ def bench_layer(impls, shape, args, device, dtype):
     grad = torch.randn(x0.shape, generator=g, device=device).to(dtype)
     x = x0.clone().requires_grad_()
     ref_out, ref_grad = None, None
-    rows = []
+    rows, steps = [], {}
     for name, fn in impls.items():
         x.grad = None
         out = fn(x)
@@ -185,13 +188,13 @@ def bench_layer(impls, shape, args, device, dtype):
         row["grad_max_abs_diff_first"] = float((x.grad.float() - ref_grad.float()).abs().max())
         row["firing_rate"] = float(out.detach().float().mean())
         del out
+        row["saved_bytes"], row["saved_bytes_beyond_output"] = saved_bytes(fn, x)
 
-        def step():
+        def step(fn=fn):
             x.grad = None
             fn(x).backward(grad)
 
-        row.update(timed(step, device, args.warmup, args.repeats))
-        row["saved_bytes"], row["saved_bytes_beyond_output"] = saved_bytes(fn, x)
+        steps[name] = step
         if device.type == "cuda":
             x.grad = None
             sync(device)
@@ -201,6 +204,9 @@ def bench_layer(impls, shape, args, device, dtype):
             sync(device)
             row["cuda_peak_bytes_above_inputs"] = int(torch.cuda.max_memory_allocated(device) - base)
         rows.append(row)
+    timing = timed_round_robin(steps, device, args.warmup, args.repeats)
+    for row in rows:
+        row.update(timing[row["impl"]])
     return rows
 
 
