@@ -323,6 +323,18 @@ def test_shapes_all_datasets(dataset):
         assert len(model.encoder.convs) == 5 and isinstance(FSVAELarge(latent_dim=8, T=4, k=3), FSVAE)
 
 
+def test_parameter_counts():
+    """reference_spec 2.3: posterior ~1.52 M, prior ~1.48 M (L = 128, k = 20), backbone as ESVAE's."""
+    from spikingjelly_vae.models import ESVAE
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    model = FSVAE(3, 128)
+    assert n(model.posterior) == (256 * 256 + 256 + 512) + (256 * 512 + 512 + 1024) + (512 * 2560 + 2560 + 5120)
+    assert n(model.prior) == (128 * 256 + 256 + 512) + (256 * 512 + 512 + 1024) + (512 * 2560 + 2560 + 5120)
+    assert 1.51e6 < n(model.posterior) < 1.53e6 and 1.47e6 < n(model.prior) < 1.49e6
+    esvae = ESVAE(3, 128)
+    assert n(model.encoder) + n(model.decoder) == n(esvae) - n(esvae.prior_layer)
+
+
 def test_forward_is_exact_given_generator_and_gradients_flow():
     torch.manual_seed(6)
     model = FSVAE(1, 8, T=6, k=3, backend="torch")
