@@ -58,11 +58,14 @@ def load_is_inception(path=None, device="cpu"):
                         f"{TORCHVISION_FILE}; the FID TorchScript network has no logits layer)",
                         names=(TORCHVISION_FILE,))
     from torchvision.models import inception_v3
-    net = inception_v3(weights=None, aux_logits=True, transform_input=False, init_weights=False)
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
+        fc = state.get("fc.weight") if isinstance(state, dict) else None
+        if fc is None or tuple(fc.shape) != (1000, 2048):
+            raise ValueError("no 'fc.weight' of shape (1000, 2048)")
+        net = inception_v3(weights=None, aux_logits=True, transform_input=False, init_weights=False)
         net.load_state_dict(state)
     except Exception as e:
         raise MetricUnavailable(f"{str(file)!r} (from {IS_OPTION} / {IS_ENV}) is not a torchvision "
