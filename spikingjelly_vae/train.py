@@ -40,7 +40,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import dataset_info, load_dataset, to_unit_range
 from .presets import TRAIN_KEYS, get_preset
 
-__all__ = ["TrainConfig", "NonFiniteLossError", "fit", "evaluate_loader", "build_from_config",
+__all__ = ["TrainConfig", "NonFiniteLossError", "fit", "train_step", "evaluate_loader", "build_from_config",
            "resolve_device", "save_recon_grid", "save_sample_grid", "RUN_FILES"]
 
 AMP_MODES = ("off", "bf16", "fp16")
@@ -359,6 +359,27 @@ def _autocast(device: torch.device, amp: str):
 
 
 # ------------------------------------------------------------------------------------------ the loop
+def train_step(net, model, optimizer, scaler, x, generator=None, amp: str = "off", world: int = 1):
+    """One optimizer step: out = net(x, generator), terms = model.loss(x, out), backward, AdamW update.
+
+    `net` is `model` or its DDP wrapper. Returns `(detached terms, loss value)`; when the loss is not
+    finite on any rank, returns `(None, loss value)` and leaves the weights untouched.
+    """
+    with _autocast(x.device, amp):
+        out = net(x, generator=generator)
+        terms = model.loss(x, out)
+    loss = terms["loss"]
+    loss_value = loss.detach().item()  # one device sync per step, for this check and the progress bar
+    bad = torch.tensor([0.0 if math.isfinite(loss_value) else 1.0])
+    if _all_sum(bad, world).item() > 0:
+        return None, loss_value
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return {k: v.detach() for k, v in terms.items()}, loss_value
+
+
 def fit(config: TrainConfig, on_epoch_end: Optional[Callable[[int, dict], None]] = None) -> dict:
     """Train (or resume) a run; returns a results dict (same on every rank).
 
@@ -481,27 +502,18 @@ def _fit(config, rank, world, local_rank, on_epoch_end):
                        dynamic_ncols=True, leave=True)
             for x, _ in bar:
                 x = x.to(device, non_blocking=True)
-                with _autocast(device, cfg.amp):
-                    out_ = net(x, generator=model_gen)
-                    terms = model.loss(x, out_)
-                loss = terms["loss"]
-                loss_value = loss.detach().item()  # one device sync per step, for the check and the bar
-                bad = torch.tensor([0.0 if math.isfinite(loss_value) else 1.0])
-                if _all_sum(bad, world).item() > 0:
+                terms, loss_value = train_step(net, model, optimizer, scaler, x, model_gen, cfg.amp, world)
+                if terms is None:
                     kept = (f"the last good checkpoint is {out / 'last.pt'} (epoch {epoch})" if epoch
                             else "no checkpoint was written yet")
                     raise NonFiniteLossError(
                         f"the training loss became {loss_value:.4g} at epoch {epoch + 1}, step {step + 1}; stopped, "
                         f"{kept}. Lower --lr, use --amp off or check the data, then rerun (--resume continues)")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
                 n = x.shape[0]
                 seen += n
                 step += 1
                 for key, value in terms.items():
-                    sums[key] = sums.get(key, 0.0) + value.detach().double() * n
+                    sums[key] = sums.get(key, 0.0) + value.double() * n
                 if is_main and cfg.progress:
                     bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{seen * world / (time.time() - t0):.0f}",
                                     refresh=False)
