@@ -257,13 +257,15 @@ _DATASETS = ["mnist", "fashion", "cifar10", "celeba"]
 @click.option("--mse-batch", default=512, show_default=True, type=click.IntRange(1),
               help="Test batch for MSE (reference: 2 x training batch).")
 @click.option("--mse-num", default=None, type=click.IntRange(1), help="Use only the first N test images for MSE.")
+@click.option("--fid-ref-num", default=None, type=click.IntRange(2),
+              help="FID reference statistics from the first N images of the split only (default: all).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the sampling generators.")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--output", default=None, type=click.Path(dir_okay=False),
               help="JSON file for all numbers (default: <checkpoint>.eval-<protocol>.json beside it).")
 def evaluate_cmd(checkpoint, metrics, dataset, data_root, protocol, fid_mode, inception_weights, is_weights,
                  fad_dir, fad_checkpoint, cache_dir, num_samples, sample_batch, is_batch, is_batches, mse_batch,
-                 mse_num, seed, device, output):
+                 mse_num, fid_ref_num, seed, device, output):
     """Compute MSE, FID, IS and FAD of a checkpoint; print a table and write JSON."""
     from pathlib import Path
 
@@ -272,7 +274,7 @@ def evaluate_cmd(checkpoint, metrics, dataset, data_root, protocol, fid_mode, in
     try:
         res = evaluate_checkpoint(checkpoint, names, dataset, data_root, protocol, fid_mode, inception_weights,
                                   is_weights, fad_dir, fad_checkpoint, cache_dir, num_samples, sample_batch,
-                                  is_batch, is_batches, mse_batch, mse_num, seed, device, progress=True,
+                                  is_batch, is_batches, mse_batch, mse_num, fid_ref_num, seed, device, progress=True,
                                   log=lambda msg: click.echo(msg, err=True))
     except ValueError as e:
         raise click.UsageError(str(e)) from None

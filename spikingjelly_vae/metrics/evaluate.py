@@ -40,7 +40,7 @@ def _checkpoint_dataset(ckpt: dict):
 def evaluate_checkpoint(checkpoint, metrics=METRICS, dataset=None, data_root=None, protocol="reference",
                         fid_mode="clean", inception_weights=None, is_weights=None, fad_dir=None,
                         fad_checkpoint=None, cache_dir=None, num_samples=5000, sample_batch=128,
-                        is_batch=256, is_batches=10, mse_batch=512, mse_num=None, seed=0, device=None,
+                        is_batch=256, is_batches=10, mse_batch=512, mse_num=None, fid_ref_num=None, seed=0, device=None,
                         progress=False, log=lambda msg: None) -> dict:
     """Compute `metrics` for the model in `checkpoint`; returns the JSON-ready result dict."""
     from .. import __version__
@@ -92,11 +92,12 @@ def evaluate_checkpoint(checkpoint, metrics=METRICS, dataset=None, data_root=Non
             split = FID_SPLIT[dataset]
             log(f"FID reference statistics of {dataset} {split} ({fid_mode}) ...")
             ref = fid_reference_stats(dataset, split, inception, fid_mode, root=data_root, cache_dir=cache_dir,
-                                      device=device, progress=progress)
+                                      num=fid_ref_num, device=device, progress=progress)
             log("FID of the samples ...")
             r = compute_fid(tensor_batches(pool, sample_batch), ref, inception, fid_mode, num_samples, device,
                             progress=progress)
             res["metrics"]["fid"] = {**r, "reference_split": split, "reference_stats": ref["path"],
+                                     "reference_stats_cached": ref["cached"],
                                      "protocol": f"TF-Inception pool3, {fid_mode} resize"
                                                  + (" (clean-fid, the reference)" if fid_mode == "clean" else "")}
         except MetricUnavailable as e:
