@@ -362,7 +362,7 @@ def compare_cmd(paths, protocol, which, run_evaluate, all_published, fmt, output
         click.echo(f"wrote {res['output']}")
 
 
-# --- experiments: `robustness`, `classify`, `analyze` (logic in spikingjelly_vae.experiments) -----------
+# --- experiments: `robustness`, `classify`, `analyze` (logic in spikingjelly_vae.experiments) -------
 def _experiment_common(f):
     """Options shared by the experiment commands."""
     options = [
@@ -387,7 +387,8 @@ def _levels(ctx, param, value):
     try:
         levels = [float(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers like 0.05,0.1,0.2, got {value!r}") from None
+        raise click.BadParameter(f"expected comma-separated numbers like 0.05,0.1,0.2, got {value!r}") \
+            from None
     if not levels or any(not 0.0 <= a <= 1.0 for a in levels):
         raise click.BadParameter(f"levels must be probabilities in [0, 1], got {value!r}")
     return levels
@@ -413,17 +414,18 @@ def _levels(ctx, param, value):
 @click.option("--num-examples", default=8, show_default=True, type=click.IntRange(1),
               help="Images shown in the example grid.")
 @_experiment_common
-def robustness_cmd(checkpoints, labels, kind, levels, num_images, batch_size, num_examples, dataset, data_root,
-                   seed, device, out_dir):
-    """Decode perturbed posterior latent spikes; MSE vs original and vs clean reconstruction (Table II, Fig. 5)."""
+def robustness_cmd(checkpoints, labels, kind, levels, num_images, batch_size, num_examples, dataset,
+                   data_root, seed, device, out_dir):
+    """Decode perturbed posterior latent spikes; MSE vs original and vs clean recon. (Table II, Fig. 5)."""
     from .experiments.robustness import DEFAULT_LEVELS, run_robustness
 
     if kind == "shuffle" and levels is not None:
         raise click.UsageError("--levels applies to --kind flip/gaussian only; the time shuffle has no level")
     out_dir = out_dir or "results/robustness"
     try:
-        res = run_robustness(checkpoints, kind, levels or DEFAULT_LEVELS, out_dir, dataset, data_root, num_images,
-                             batch_size, seed, device, labels or None, num_examples, progress=True)
+        res = run_robustness(checkpoints, kind, levels or DEFAULT_LEVELS, out_dir, dataset, data_root,
+                             num_images, batch_size, seed, device, labels or None, num_examples,
+                             progress=True)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     for label, r in res["models"].items():
@@ -438,7 +440,8 @@ def robustness_cmd(checkpoints, labels, kind, levels, num_images, batch_size, nu
               type=click.Path(exists=True, dir_okay=False),
               help="Model checkpoint (esvae, fsvae; ann-vae uses mu); repeat to compare models.")
 @click.option("--label", "labels", multiple=True, help="Label per --checkpoint (default: model:file).")
-@click.option("--epochs", default=200, show_default=True, type=click.IntRange(1), help="Probe epochs (paper: 200).")
+@click.option("--epochs", default=200, show_default=True, type=click.IntRange(1),
+              help="Probe epochs (paper: 200).")
 @click.option("--lr", default=0.01, show_default=True, type=click.FloatRange(0, min_open=True),
               help="SGD learning rate (paper: 0.01).")
 @click.option("--momentum", default=0.9, show_default=True, type=click.FloatRange(0, 1, max_open=True),
@@ -449,23 +452,26 @@ def robustness_cmd(checkpoints, labels, kind, levels, num_images, batch_size, nu
               help="Batch for computing the encoder features.")
 @click.option("--num-train", default=None, type=click.IntRange(1),
               help="Use the first N training images (default: all).")
-@click.option("--num-test", default=None, type=click.IntRange(1), help="Use the first N test images (default: all).")
-@click.option("--no-cache", is_flag=True, help="Recompute the encoder features even if out-dir has them cached.")
+@click.option("--num-test", default=None, type=click.IntRange(1),
+              help="Use the first N test images (default: all).")
+@click.option("--no-cache", is_flag=True,
+              help="Recompute the encoder features even if out-dir has them cached.")
 @_experiment_common
-def classify_cmd(checkpoints, labels, epochs, lr, momentum, batch_size, feature_batch_size, num_train, num_test,
-                 no_cache, dataset, data_root, seed, device, out_dir):
+def classify_cmd(checkpoints, labels, epochs, lr, momentum, batch_size, feature_batch_size, num_train,
+                 num_test, no_cache, dataset, data_root, seed, device, out_dir):
     """Encoder probe (Table III): an MLP L-512-256-128-10 on the frozen encoder's posterior firing rates."""
     from .experiments.classify import run_classify
 
     out_dir = out_dir or "results/classify"
     try:
-        res = run_classify(checkpoints, out_dir, dataset, data_root, num_train, num_test, epochs, lr, momentum,
-                           batch_size, feature_batch_size, seed, device, labels or None, not no_cache, progress=True)
+        res = run_classify(checkpoints, out_dir, dataset, data_root, num_train, num_test, epochs, lr,
+                           momentum, batch_size, feature_batch_size, seed, device, labels or None,
+                           not no_cache, progress=True)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     for label, r in res["models"].items():
-        click.echo(f"{label:>24s}  test accuracy {100 * r['test_acc']:.2f}%  (train {100 * r['train_acc']:.2f}%, "
-                   f"{r['num_train']} / {r['num_test']} images)")
+        click.echo(f"{label:>24s}  test accuracy {100 * r['test_acc']:.2f}%  "
+                   f"(train {100 * r['train_acc']:.2f}%, {r['num_train']} / {r['num_test']} images)")
     click.echo(f"wrote {out_dir}/classify.{{csv,json,png}}")
 
 
@@ -485,19 +491,20 @@ def classify_cmd(checkpoints, labels, epochs, lr, momentum, batch_size, feature_
 @click.option("--e-mac", default=4.6, show_default=True, type=click.FloatRange(0),
               help="Energy of one multiply-accumulate in pJ (3.7 mult + 0.9 add, 45 nm, Horowitz 2014).")
 @_experiment_common
-def analyze_cmd(checkpoint, history, num_images, batch_size, num_raster, e_ac, e_mac, dataset, data_root, seed,
-                device, out_dir):
-    """Latent firing-rate distributions (Fig. 6, 7), spike rasters (Fig. 4), per-layer rates, SOPs and energy."""
+def analyze_cmd(checkpoint, history, num_images, batch_size, num_raster, e_ac, e_mac, dataset, data_root,
+                seed, device, out_dir):
+    """Latent firing rates (Fig. 6, 7), spike rasters (Fig. 4), per-layer rates, SOPs and energy."""
     from .experiments.analysis import run_analysis
 
     out_dir = out_dir or "results/analysis"
     try:
-        res = run_analysis(checkpoint, out_dir, dataset, data_root, num_images, batch_size, seed, device, history,
-                           e_ac, e_mac, num_raster, progress=True)
+        res = run_analysis(checkpoint, out_dir, dataset, data_root, num_images, batch_size, seed, device,
+                           history, e_ac, e_mac, num_raster, progress=True)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     r, en = res["rates"], res["energy"]
-    click.echo(f"latent rate: posterior {r['posterior']['mean_rate']:.3f}, prior {r['prior']['mean_rate']:.3f}; "
+    click.echo(f"latent rate: posterior {r['posterior']['mean_rate']:.3f}, "
+               f"prior {r['prior']['mean_rate']:.3f}; "
                f"histogram overlap {r['overlap']:.3f}; RBF-MMD^2 {r['rbf_mmd2']:.4f}")
     for stage in ("reconstruction", "generation"):
         s, a = en[stage], en["ann"][stage]

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(not (SHARED / "MNIST").is_dir(), reason="shared 
 
 @pytest.fixture(scope="session")
 def tiny_mnist(tmp_path_factory):
-    """ESVAE(L=16, T=4) after 60 AdamW steps of batch 32 on the first 1024 MNIST training images (~15 s CPU)."""
+    """ESVAE(L=16, T=4) after 60 AdamW steps of batch 32 on the first 1024 MNIST training images."""
     from spikingjelly_vae.data import load_dataset
     from spikingjelly_vae.models import ESVAE
 
@@ -34,8 +34,8 @@ def tiny_mnist(tmp_path_factory):
         loss.backward()
         opt.step()
     path = tmp_path_factory.mktemp("tiny") / "esvae_tiny.pt"
-    save_checkpoint(path, {"model": model.state_dict(), "optimizer": None, "epoch": 60, "config": model.config,
-                           "metrics": {}, "dataset": "mnist"})
+    save_checkpoint(path, {"model": model.state_dict(), "optimizer": None, "epoch": 60,
+                           "config": model.config, "metrics": {}, "dataset": "mnist"})
     return path
 
 
@@ -50,7 +50,8 @@ def read_csv(path):
 
 
 def test_classifier_is_well_above_chance_and_reuses_features(tiny_mnist, tmp_path):
-    args = ["classify", "--checkpoint", tiny_mnist, "--data-root", SHARED, "--num-train", 2000, "--num-test", 500,
+    args = ["classify", "--checkpoint", tiny_mnist, "--data-root", SHARED, "--num-train", 2000,
+            "--num-test", 500,
             "--epochs", 20, "--batch-size", 64, "--device", "cpu", "--out-dir", tmp_path]
     r = run(args)
     assert r.exit_code == 0, r.output
@@ -68,7 +69,8 @@ def test_classifier_is_well_above_chance_and_reuses_features(tiny_mnist, tmp_pat
 
 
 def test_robustness_commands_write_results_and_are_deterministic(tiny_mnist, tmp_path):
-    base = ["robustness", "--checkpoint", tiny_mnist, "--data-root", SHARED, "--num-images", 32, "--batch-size", 16,
+    base = ["robustness", "--checkpoint", tiny_mnist, "--data-root", SHARED, "--num-images", 32,
+            "--batch-size", 16,
             "--device", "cpu", "--num-examples", 4]
     for kind in ("shuffle", "flip", "gaussian"):
         r = run(base + ["--kind", kind, "--out-dir", tmp_path / "a"])
@@ -131,8 +133,8 @@ def test_bad_input_gives_one_clear_usage_error(tiny_mnist, tmp_path):
 
     bare = ESVAE(1, 8, T=2)
     bare_path = tmp_path / "bare.pt"
-    save_checkpoint(bare_path, {"model": bare.state_dict(), "optimizer": None, "epoch": 0, "config": bare.config,
-                                "metrics": {}})
+    save_checkpoint(bare_path, {"model": bare.state_dict(), "optimizer": None, "epoch": 0,
+                                "config": bare.config, "metrics": {}})
     r = run(["analyze", "--checkpoint", bare_path, *common])  # no dataset recorded, none given
     assert r.exit_code == 2 and "--dataset" in r.output
     assert not list(tmp_path.glob("*.png"))  # nothing half-written

@@ -91,7 +91,8 @@ def rate_summary(posterior: torch.Tensor, prior: torch.Tensor, T: int) -> Dict:
                "rbf_mmd2": rbf_mmd(posterior[:m].double(), prior[:m].double()).item(), "mmd_samples": m,
                "rate_values": [k / T for k in range(T + 1)]}
     for name, r, h in (("posterior", posterior, hp), ("prior", prior, hq)):
-        summary[name] = {"mean_rate": r.mean().item(), "share_silent": h[0].item(), "share_saturated": h[-1].item(),
+        summary[name] = {"mean_rate": r.mean().item(), "share_silent": h[0].item(),
+                         "share_saturated": h[-1].item(),
                          "neuron_mean_rate_std": r.mean(0).std().item() if r.shape[1] > 1 else 0.0,
                          "histogram": h.tolist()}
     return summary
@@ -116,7 +117,8 @@ def plot_rate_distributions(rates: Dict, path, title: str = "") -> None:
     for ax, (name, p, q) in zip(axes, panels):
         if p is None:
             bins = torch.linspace(0, 1, 21).numpy()
-            ax.hist(post.mean(0).numpy(), bins=bins, color=colours[0], alpha=0.6, label="training (posterior)")
+            ax.hist(post.mean(0).numpy(), bins=bins, color=colours[0], alpha=0.6,
+                    label="training (posterior)")
             ax.hist(prior.mean(0).numpy(), bins=bins, color=colours[1], alpha=0.6, label="generation (prior)")
             ax.set_ylabel("number of latent neurons")
         else:
@@ -165,7 +167,7 @@ def plot_raster(rates: Dict, path, title: str = "") -> None:
 
 
 def plot_history(history: List[Dict], T: int, path) -> None:
-    """Fig. 7: rate histograms of posterior (left) and prior (right) for each checkpoint, coloured by epoch."""
+    """Fig. 7: posterior (left) and prior (right) rate histograms per checkpoint, coloured by epoch."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
     cmap = plt.get_cmap("viridis")
@@ -239,8 +241,9 @@ def ann_operations(spiking_model, x: torch.Tensor, seed: int = 0) -> Dict:
     try:
         from ..models import build_model
 
-        ann = build_model({"model": "ann-vae", "in_channels": cfg["in_channels"], "image_size": cfg["image_size"],
-                           "latent_dim": cfg["latent_dim"], "kld_weight": 1.0}).to(x.device).eval()
+        ann = build_model({"model": "ann-vae", "in_channels": cfg["in_channels"],
+                           "image_size": cfg["image_size"], "latent_dim": cfg["latent_dim"],
+                           "kld_weight": 1.0}).to(x.device).eval()
     except (ImportError, KeyError, TypeError, ValueError):
         return {}
     n = x.shape[0]
@@ -260,7 +263,8 @@ def energy_report(rates: Dict, ann: Dict, e_ac: float = E_AC_PJ, e_mac: float = 
     rec = per_image(rates["ops"]["reconstruction"], n, e_ac, e_mac)
     gen = per_image(rates["ops"]["generation"], n, e_ac, e_mac)
     if not ann:
-        ann = {"source": "dense MACs of the spiking model's own weight layers, once per image (ANN VAE unavailable)",
+        ann = {"source": "dense MACs of the spiking model's own weight layers, once per image "
+                         "(ANN VAE unavailable)",
                "reconstruction": {"ac_per_image": 0.0, "mac_per_image": dense_macs_per_image(rec["layers"])},
                "generation": {"ac_per_image": 0.0, "mac_per_image": dense_macs_per_image(gen["layers"])}}
     for stage in ("reconstruction", "generation"):
@@ -268,9 +272,12 @@ def energy_report(rates: Dict, ann: Dict, e_ac: float = E_AC_PJ, e_mac: float = 
         a["energy_pj_per_image"] = a["ac_per_image"] * e_ac + a["mac_per_image"] * e_mac
     first_mac = sum(r["mac_per_image"] for r in rec["layers"] if r["op"] == "MAC")
     return {"e_ac_pj": e_ac, "e_mac_pj": e_mac, "reconstruction": rec, "generation": gen, "ann": ann,
-            "snn_over_ann_energy": {s: ({"reconstruction": rec, "generation": gen}[s]["energy_pj_per_image"]
-                                        / ann[s]["energy_pj_per_image"]) for s in ("reconstruction", "generation")},
-            "note": ("analog-input layers (the first conv on the repeated image, the prior's linear layer) are "
+            "snn_over_ann_energy": {"reconstruction": rec["energy_pj_per_image"]
+                                    / ann["reconstruction"]["energy_pj_per_image"],
+                                    "generation": gen["energy_pj_per_image"]
+                                    / ann["generation"]["energy_pj_per_image"]},
+            "note": ("analog-input layers (the first conv on the repeated image, the prior's linear layer) "
+                     "are "
                      "counted once per image, as this implementation computes them; hardware that recomputes "
                      f"them at each of the T={rates['T']} steps pays T x their MACs "
                      f"({first_mac:.4g} MACs per reconstructed image here)")}
@@ -317,8 +324,8 @@ def run_analysis(checkpoint, out_dir="results/analysis", dataset: Optional[str] 
     ``analysis.json``, ``firing_rates.csv``/``.png`` (Fig. 6), ``spike_raster.png`` (Fig. 4),
     ``layer_rates.csv``, ``layer_ops.csv``, ``layers.png`` and, with ``history``,
     ``firing_rates_history.csv``/``.png`` (Fig. 7)."""
-    from .common import (choose_dataset, image_loader, load_spiking_model, model_label, provenance, resolve_device,
-                         write_csv, write_json)
+    from .common import (choose_dataset, image_loader, load_spiking_model, model_label, provenance,
+                         resolve_device, write_csv, write_json)
 
     started = time.time()
     if e_ac < 0 or e_mac < 0:
@@ -331,7 +338,8 @@ def run_analysis(checkpoint, out_dir="results/analysis", dataset: Optional[str] 
     loader = image_loader(dataset, "test", data_root, num_images, batch_size)
     out_dir = Path(out_dir)
 
-    rates = latent_rates(model, loader, seed, device, count_ops=True, num_raster=num_raster, progress=progress)
+    rates = latent_rates(model, loader, seed, device, count_ops=True, num_raster=num_raster,
+                         progress=progress)
     T = rates["T"]
     summary = rate_summary(rates["posterior"], rates["prior"], T)
     x0 = next(iter(loader))[0].to(device)
@@ -339,7 +347,8 @@ def run_analysis(checkpoint, out_dir="results/analysis", dataset: Optional[str] 
 
     write_csv(out_dir / "firing_rates.csv",
               [{"rate": k / T, "posterior": summary["posterior"]["histogram"][k],
-                "prior": summary["prior"]["histogram"][k]} for k in range(T + 1)], ("rate", "posterior", "prior"))
+                "prior": summary["prior"]["histogram"][k]} for k in range(T + 1)],
+              ("rate", "posterior", "prior"))
     write_csv(out_dir / "layer_rates.csv",
               [{"phase": ph, **r} for ph in ("reconstruction", "generation") for r in energy[ph]["neurons"]],
               ("phase", "layer", "type", "neurons", "steps", "firing_rate", "spikes_per_image"))
@@ -354,15 +363,17 @@ def run_analysis(checkpoint, out_dir="results/analysis", dataset: Optional[str] 
                             f"{label} on {dataset}: latent firing rates, {rates['num_images']} test images "
                             f"(T={T}, overlap {summary['overlap']:.2f})")
     plot_raster(rates, out_dir / "spike_raster.png", f"{label} on {dataset}: latent spikes")
-    plot_layers(energy, out_dir / "layers.png", f"{label} on {dataset}: per-layer firing rates, operations and "
-                                                 f"energy per image ({rates['num_images']} test images)")
+    plot_layers(energy, out_dir / "layers.png",
+                f"{label} on {dataset}: per-layer firing rates, operations and energy per image "
+                f"({rates['num_images']} test images)")
     hist = []
     if history:
         hist = history_rates(history, loader, seed, device)
         if hist[0]["T"] != T:
             raise ValueError(f"--history checkpoints have T={hist[0]['T']}, the analysed checkpoint T={T}")
         write_csv(out_dir / "firing_rates_history.csv",
-                  [{"checkpoint": h["checkpoint"], "epoch": h["epoch"], "stage": st, "rate": k / T, "frequency": v}
+                  [{"checkpoint": h["checkpoint"], "epoch": h["epoch"], "stage": st, "rate": k / T,
+                    "frequency": v}
                    for h in hist for st in ("posterior", "prior") for k, v in enumerate(h[st])],
                   ("checkpoint", "epoch", "stage", "rate", "frequency"))
         plot_history(hist, T, out_dir / "firing_rates_history.png")
@@ -375,7 +386,8 @@ def run_analysis(checkpoint, out_dir="results/analysis", dataset: Optional[str] 
         "epoch": ckpt.get("epoch"), "dataset": dataset, "split": "test", "num_images": rates["num_images"],
         "seed": seed, "rates": summary,
         "energy": {**{k: v for k, v in energy.items() if k not in ("reconstruction", "generation", "ann")},
-                   "reconstruction": strip(energy["reconstruction"]), "generation": strip(energy["generation"]),
+                   "reconstruction": strip(energy["reconstruction"]),
+                   "generation": strip(energy["generation"]),
                    "ann": {k: strip(v) if isinstance(v, dict) else v for k, v in energy["ann"].items()},
                    "definition": "see spikingjelly_vae/experiments/energy.py and docs/experiments.md"},
         "history": [{k: h[k] for k in ("checkpoint", "epoch", "posterior", "prior")} for h in hist],

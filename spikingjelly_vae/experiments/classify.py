@@ -22,7 +22,7 @@ HIDDEN = (512, 256, 128)
 
 @torch.no_grad()
 def extract_features(model, loader, device=None, progress: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Posterior firing rates ``[N, L]`` (float32, CPU) and labels ``[N]`` (int64) of every image in ``loader``.
+    """Posterior firing rates ``[N, L]`` (float32, CPU) and labels ``[N]`` (int64) of ``loader``'s images.
 
     Spiking models: ``encode(x)[1]`` (the rate of the encoder spikes); the ANN VAE: ``encode(x)[0]`` (mu).
     """
@@ -75,7 +75,8 @@ def train_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tens
         raise ValueError(f"need epochs >= 1, batch size >= 1, lr > 0 and momentum in [0, 1); got {epochs}, "
                          f"{batch_size}, {lr}, {momentum}")
     if train_x.dim() != 2 or test_x.dim() != 2 or train_x.shape[1] != test_x.shape[1]:
-        raise ValueError(f"features must be [N, L] with one L, got {tuple(train_x.shape)}, {tuple(test_x.shape)}")
+        raise ValueError(f"features must be [N, L] with one L, got {tuple(train_x.shape)}, "
+                         f"{tuple(test_x.shape)}")
     device = torch.device(device)
     num_classes = int(num_classes or max(train_y.max().item(), test_y.max().item()) + 1)
     with torch.random.fork_rng(devices=[]):
@@ -148,7 +149,7 @@ def cached_features(model, checkpoint, dataset: str, data_root, num_train: Optio
 
 
 def plot_history(results: Dict[str, Dict], path, chance: Optional[float] = None) -> None:
-    """Probe training curves: cross-entropy (left) and train/test accuracy (right) per epoch, one colour per model."""
+    """Probe curves: cross-entropy (left), train/test accuracy (right) per epoch; one colour per model."""
     from .common import pyplot, save_figure
 
     plt = pyplot()
@@ -179,18 +180,20 @@ def run_classify(checkpoints: Sequence, out_dir="results/classify", dataset: Opt
                  data_root=None, num_train: Optional[int] = None, num_test: Optional[int] = None,
                  epochs: int = 200, lr: float = 0.01, momentum: float = 0.9, batch_size: int = 128,
                  feature_batch_size: int = 256, seed: int = 0, device=None,
-                 labels: Optional[Sequence[str]] = None, use_cache: bool = True, progress: bool = False) -> Dict:
+                 labels: Optional[Sequence[str]] = None, use_cache: bool = True,
+                 progress: bool = False) -> Dict:
     """Probe each checkpoint's encoder; write ``classify.csv``, ``classify_history.csv``, ``classify.json``,
     ``classify.png`` (and ``probe_features_<label>.pt`` caches) in ``out_dir``. Returns the JSON summary."""
     from ..data import dataset_info
-    from .common import (choose_dataset, load_spiking_model, model_label, provenance, resolve_device, safe_name,
-                         unique_labels, write_csv, write_json)
+    from .common import (choose_dataset, load_spiking_model, model_label, provenance, resolve_device,
+                         safe_name, unique_labels, write_csv, write_json)
 
     started = time.time()
     if not checkpoints:
         raise ValueError("give at least one --checkpoint")
     if labels and len(labels) != len(checkpoints):
-        raise ValueError(f"got {len(labels)} labels for {len(checkpoints)} checkpoints; give one per checkpoint")
+        raise ValueError(f"got {len(labels)} labels for {len(checkpoints)} checkpoints; "
+                         "give one per checkpoint")
     device = resolve_device(device)
     loaded = [load_spiking_model(p, device, spiking_only=False) for p in checkpoints]
     dataset = choose_dataset(dataset, [c for _, c in loaded], checkpoints)
@@ -206,8 +209,8 @@ def run_classify(checkpoints: Sequence, out_dir="results/classify", dataset: Opt
         f = cached_features(model, path, dataset, data_root, num_train, num_test, feature_batch_size, device,
                             cache, progress)
         t1 = time.time()
-        r = train_probe(f["train_x"], f["train_y"], f["test_x"], f["test_y"], epochs, lr, momentum, batch_size,
-                        seed, num_classes, device, progress=progress)
+        r = train_probe(f["train_x"], f["train_y"], f["test_x"], f["test_y"], epochs, lr, momentum,
+                        batch_size, seed, num_classes, device, progress=progress)
         r.update(feature_seconds=round(t1 - t0, 3), probe_seconds=round(time.time() - t1, 3),
                  features_from_cache=f["from_cache"], num_train=len(f["train_x"]), num_test=len(f["test_x"]),
                  latent_dim=f["train_x"].shape[1], mean_rate=f["train_x"].mean().item())
@@ -215,13 +218,15 @@ def run_classify(checkpoints: Sequence, out_dir="results/classify", dataset: Opt
         rows.append({"model": label, "dataset": dataset, **{k: r[k] for k in CSV_FIELDS[2:]}})
         hist_rows += [{"model": label, **h} for h in r["history"]]
     write_csv(out_dir / "classify.csv", rows, CSV_FIELDS)
-    write_csv(out_dir / "classify_history.csv", hist_rows, ("model", "epoch", "train_loss", "train_acc", "test_acc"))
+    write_csv(out_dir / "classify_history.csv", hist_rows,
+              ("model", "epoch", "train_loss", "train_acc", "test_acc"))
     plot_history(results, out_dir / "classify.png", chance=1.0 / num_classes)
     summary = {
         "experiment": "classify", "dataset": dataset, "seed": seed,
-        "probe": {"hidden": list(HIDDEN), "activation": "relu", "optimizer": "SGD", "lr": lr, "momentum": momentum,
-                  "batch_size": batch_size, "epochs": epochs, "loss": "cross-entropy",
-                  "features": "posterior firing rate r_p = mean_t x_e (encode(x)[1]; ANN VAE: mu), eval mode"},
+        "probe": {"hidden": list(HIDDEN), "activation": "relu", "optimizer": "SGD", "lr": lr,
+                  "momentum": momentum, "batch_size": batch_size, "epochs": epochs, "loss": "cross-entropy",
+                  "features": "posterior firing rate r_p = mean_t x_e (encode(x)[1]; ANN VAE: mu), "
+                              "eval mode"},
         "models": {label: {"checkpoint": str(p), "config": c["config"], "epoch": c.get("epoch"),
                            **{k: v for k, v in r.items() if k not in ("mlp", "history")}}
                    for (label, r), p, (_, c) in zip(results.items(), checkpoints, loaded)},

@@ -28,7 +28,7 @@ def derived_seed(seed: int, stream: str, batch_index: int) -> int:
 
 
 def generator_for(seed: int, stream: str, batch_index: int, device="cpu") -> torch.Generator:
-    """A torch.Generator on ``device`` seeded by :func:`derived_seed`; the same arguments give the same draws."""
+    """A torch.Generator on ``device`` seeded by :func:`derived_seed`: same arguments, same draws."""
     return torch.Generator(device=device).manual_seed(derived_seed(seed, stream, batch_index))
 
 
@@ -57,7 +57,7 @@ def require_spiking(model, path="model") -> None:
 
 
 def load_spiking_model(path, device, spiking_only: bool = True) -> tuple:
-    """``checkpoint.load_model`` + eval mode (+ the spiking-interface check); returns ``(model, checkpoint)``."""
+    """``checkpoint.load_model`` + eval mode (+ the spiking-interface check) -> ``(model, checkpoint)``."""
     from ..checkpoint import load_model
 
     model, ckpt = load_model(path, map_location=device)
@@ -78,14 +78,15 @@ def checkpoint_dataset(ckpt: dict) -> Optional[str]:
 
 
 def choose_dataset(dataset: Optional[str], ckpts: Sequence[dict], paths: Sequence) -> str:
-    """The dataset to use: ``dataset`` if given, else the one every checkpoint records; checked against models."""
+    """``dataset`` if given, else the one every checkpoint records; checked against the models' inputs."""
     from ..data import dataset_info
 
     names = {checkpoint_dataset(c) for c in ckpts}
     if dataset is None:
         if len(names) != 1 or None in names:
             raise ValueError("cannot tell the dataset from the checkpoint(s) "
-                             f"({', '.join(str(p) for p in paths)}); pass --dataset mnist|fashion|cifar10|celeba")
+                             f"({', '.join(str(p) for p in paths)}); "
+                             "pass --dataset mnist|fashion|cifar10|celeba")
         dataset = names.pop()
     info = dataset_info(dataset)
     for ckpt, path in zip(ckpts, paths):

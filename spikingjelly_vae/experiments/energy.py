@@ -103,8 +103,9 @@ class OpCounter:
                 x = x.unsqueeze(0)  # an unbatched image
             dense = fan_out_count(module, torch.ones_like(x[:1])).item()
             spiking = not self.analog and is_binary(x)
-            rec = self.ops.setdefault(name, {"layer": name, "type": type(module).__name__, "ac": 0.0, "mac": 0.0,
-                                             "synapses_per_row": dense, "rows": 0, "input_spikes": 0.0,
+            rec = self.ops.setdefault(name, {"layer": name, "type": type(module).__name__, "ac": 0.0,
+                                             "mac": 0.0, "synapses_per_row": dense, "rows": 0,
+                                             "input_spikes": 0.0,
                                              "input_elements": 0, "spike_input": spiking})
             rec["spike_input"] = rec["spike_input"] and spiking
             rec["rows"] += x.shape[0]
@@ -120,7 +121,8 @@ class OpCounter:
         def hook(module, inputs, output):
             s = output.detach()
             rec = self.spikes.setdefault(name, {"layer": name, "type": type(module).__name__, "spikes": 0.0,
-                                                "elements": 0, "steps": s.shape[0], "neurons": s[0, 0].numel()})
+                                                "elements": 0, "steps": s.shape[0],
+                                                "neurons": s[0, 0].numel()})
             rec["spikes"] += s.double().sum().item()
             rec["elements"] += s.numel()
         return hook

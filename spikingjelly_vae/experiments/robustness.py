@@ -43,7 +43,7 @@ def time_shuffle(z: torch.Tensor, generator: Optional[torch.Generator] = None) -
 
 def bit_flip(z: torch.Tensor, level: float, generator: Optional[torch.Generator] = None,
              uniform: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Flip every spike bit with probability ``level``: z' = where(u < a, 1 - z, z), u ~ U[0, 1) on the CPU."""
+    """Flip each spike bit with probability ``level``: z' = where(u < a, 1 - z, z), u ~ U[0, 1) on the CPU."""
     level = _check_level(level)
     u = torch.rand(z.shape, generator=generator) if uniform is None else uniform
     flip = (u < level).to(z.device)
@@ -51,7 +51,8 @@ def bit_flip(z: torch.Tensor, level: float, generator: Optional[torch.Generator]
 
 
 def gaussian_noise(z: torch.Tensor, level: float, generator: Optional[torch.Generator] = None,
-                   uniform: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+                   uniform: Optional[torch.Tensor] = None,
+                   noise: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Add N(0, 1) noise to a fraction ``level`` of the bits and re-binarise at 0.5.
 
     z' = where(u < a, 1[z + eps > 0.5], z); u ~ U[0, 1), eps ~ N(0, 1), both drawn on the CPU.
@@ -181,7 +182,8 @@ def plot_curves(results: Dict[str, Dict], path) -> None:
         fig, ax = plt.subplots(figsize=(5.2, 3.8))
         for (label, r), c in zip(results.items(), colours * 4):
             xs = [0.0, *r["levels"]]
-            ax.plot(xs, [r["clean_mse"], *r["mse_vs_original"]], "-o", color=c, ms=4, label=f"{label} vs original")
+            ax.plot(xs, [r["clean_mse"], *r["mse_vs_original"]], "-o", color=c, ms=4,
+                    label=f"{label} vs original")
             ax.plot(xs, [0.0, *r["mse_vs_clean"]], "--s", color=c, ms=4, label=f"{label} vs clean recon.")
         ax.set_xlabel(LEVEL_AXIS[kind])
         ax.set_ylabel("MSE (images in [-1, 1])")
@@ -220,7 +222,8 @@ def plot_examples(result: Dict, label: str, path) -> None:
 def run_robustness(checkpoints: Sequence, kind: str, levels: Sequence[float] = DEFAULT_LEVELS,
                    out_dir="results/robustness", dataset: Optional[str] = None, data_root=None,
                    num_images: Optional[int] = None, batch_size: int = 256, seed: int = 0, device=None,
-                   labels: Optional[Sequence[str]] = None, num_examples: int = 8, progress: bool = False) -> Dict:
+                   labels: Optional[Sequence[str]] = None, num_examples: int = 8,
+                   progress: bool = False) -> Dict:
     """Load each checkpoint, run :func:`evaluate_robustness` on the test split, write CSV/JSON/PNGs.
 
     Files in ``out_dir``: ``robustness_<kind>.csv`` / ``.json`` / ``.png`` (curves or bars) and
@@ -237,7 +240,8 @@ def run_robustness(checkpoints: Sequence, kind: str, levels: Sequence[float] = D
     if kind not in KINDS:
         raise ValueError(f"unknown robustness kind {kind!r}; choose one of {', '.join(KINDS)}")
     if labels and len(labels) != len(checkpoints):
-        raise ValueError(f"got {len(labels)} labels for {len(checkpoints)} checkpoints; give one per checkpoint")
+        raise ValueError(f"got {len(labels)} labels for {len(checkpoints)} checkpoints; "
+                         "give one per checkpoint")
     device = resolve_device(device)
     loaded = [load_spiking_model(p, device) for p in checkpoints]
     dataset = choose_dataset(dataset, [c for _, c in loaded], checkpoints)
