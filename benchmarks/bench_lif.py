@@ -135,9 +135,10 @@ def implementations(device: torch.device, decay=0.25, v_th=0.2):
         return run
 
     def plain_loop(x):
+        # unbind, not x[t]: each x[t] would give backward a zero-filled full-size gradient per step
         spikes, u, o = [], None, None
-        for t in range(x.shape[0]):
-            u = x[t] if t == 0 else decay * u * (1.0 - o) + x[t]
+        for t, x_t in enumerate(x.unbind(0)):
+            u = x_t if t == 0 else decay * u * (1.0 - o) + x_t
             o = rectangle_spike(u - v_th, offset=v_th, half_width=0.5)
             spikes.append(o)
         return torch.stack(spikes)

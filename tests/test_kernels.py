@@ -239,3 +239,19 @@ def test_dispatch_rules_for_cuda_tensors(monkeypatch, caplog, fresh_log):
     fake.dtype = torch.float64
     assert kernels.select_backend(fake) == "torch"
     assert "no CuPy kernel for dtype torch.float64" in _reasons(caplog)[-1]
+
+
+def test_float64_runs_in_float64_with_exact_constants():
+    """float64 inputs take the torch path in float64 with unrounded constants: h = 0.2 and h = 0.2 + 1e-9
+    fire (both lie below float32(0.2) = 0.2 + 2.98e-9, so a float32-rounded threshold would not fire)."""
+    x = torch.zeros(T, 2, dtype=torch.float64)
+    x[0] = torch.tensor([0.2, 0.2 + 1e-9], dtype=torch.float64)  # float32(0.2) = 0.2 + 2.98e-9
+    out = lif_multistep(x)
+    assert out.dtype == torch.float64 and out[0].tolist() == [1.0, 1.0]
+    x64 = _input((T, 3, 7), seed=11, dtype=torch.float64).requires_grad_()
+    x_ref = x64.detach().clone().requires_grad_()
+    out, ref = lif_multistep(x64), reference_lif(x_ref)
+    assert torch.equal(out, ref)
+    out.sum().backward()
+    ref.sum().backward()
+    torch.testing.assert_close(x64.grad, x_ref.grad, rtol=0, atol=1e-12)

@@ -30,7 +30,7 @@ def lif_multistep(x_seq: torch.Tensor, decay: float = 0.25, v_threshold: float =
     surrogate do/dh = 1[|h - centre| < half_width] / (2 half_width).
     """
     _lif.check_input(x_seq)
-    p = _lif.LIFParams(decay, v_threshold, v_reset, centre, half_width)
+    p = _lif.LIFParams(decay, v_threshold, v_reset, centre, half_width, exact=x_seq.dtype == torch.float64)
     if select_backend(x_seq, backend) == "cupy":
         if _needs_grad(x_seq):
             return _lif.LIFCuPy.apply(x_seq, p)

@@ -18,17 +18,18 @@ from .launch import launch, ptr
 
 
 class LIFParams:
-    """The neuron's constants, rounded to float32 once so torch and the kernel use the same numbers."""
+    """The neuron's constants, rounded to float32 once so torch and the kernel use the same numbers
+    (kept exact for float64 inputs, which only the torch path takes)."""
 
-    def __init__(self, decay, v_threshold, v_reset, centre, half_width):
+    def __init__(self, decay, v_threshold, v_reset, centre, half_width, exact: bool = False):
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"decay must lie in [0, 1], got {decay}")
         if not half_width > 0.0:
             raise ValueError(f"half_width must be > 0, got {half_width}")
-        f32 = lambda v: float(np.float32(v))  # noqa: E731
-        self.decay, self.v_threshold, self.v_reset = f32(decay), f32(v_threshold), f32(v_reset)
-        self.centre, self.half_width = f32(centre), f32(half_width)
-        self.height = f32(1.0 / (2.0 * float(half_width)))
+        r = float if exact else (lambda v: float(np.float32(v)))
+        self.decay, self.v_threshold, self.v_reset = r(decay), r(v_threshold), r(v_reset)
+        self.centre, self.half_width = r(centre), r(half_width)
+        self.height = r(1.0 / (2.0 * float(half_width)))
 
     def kernel_args(self, *names):
         return tuple(np.float32(getattr(self, n)) for n in names)

@@ -16,9 +16,13 @@ def check_half_width(half_width: float) -> None:
         raise ValueError(f"half_width must be > 0, got {half_width}")
 
 
-def _constants(half_width: float):
+def _constants(half_width: float, dtype: torch.dtype = torch.float32):
+    """(w, 1/(2w)), rounded to float32 like the kernel's arguments unless the rates are float64."""
     check_half_width(half_width)
-    return float(np.float32(half_width)), float(np.float32(1.0 / (2.0 * float(half_width))))
+    w, height = float(half_width), 1.0 / (2.0 * float(half_width))
+    if dtype == torch.float64:
+        return w, height
+    return float(np.float32(w)), float(np.float32(height))
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -26,7 +30,7 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def torch_forward(rate: torch.Tensor, uniform: torch.Tensor, half_width: float, keep_window: bool):
-    w, _ = _constants(half_width)
+    w, _ = _constants(half_width, rate.dtype)
     r = rate.to(_compute_dtype(rate.dtype))
     u = uniform.to(r.dtype)
     spikes = (u < r).to(rate.dtype)
@@ -35,7 +39,7 @@ def torch_forward(rate: torch.Tensor, uniform: torch.Tensor, half_width: float, 
 
 
 def torch_backward(grad_spikes: torch.Tensor, window: torch.Tensor, half_width: float, dtype: torch.dtype):
-    _, height = _constants(half_width)
+    _, height = _constants(half_width, dtype)
     g = grad_spikes.to(_compute_dtype(dtype))
     inside = window.bool()
     acc = torch.zeros_like(g[0])
