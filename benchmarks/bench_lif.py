@@ -9,6 +9,7 @@ Implementations (one process, same inputs):
   sj_lif_atan       the same LIFNode with SpikingJelly's built-in ATan surrogate: its native path (a custom
                     op with its own backward on CPU; native CUDA / Triton on GPU). Different gradient!
   plain_loop        a plain autograd loop over T with our rectangle surrogate
+  paper_lif_node_torch  PaperLIFNode(backend="torch"): the package's neuron module on its torch path
 Memory: ``saved_bytes`` = bytes autograd keeps for backward (deduplicated by storage), and
 ``saved_bytes_beyond_output`` the same without the returned spikes (kept by the next layer anyway); on
 CUDA also the peak allocated during forward+backward above what was allocated before. CPU peak RSS is
@@ -150,6 +151,17 @@ def implementations(device: torch.device, decay=0.25, v_th=0.2):
     impls["sj_lif_rectangle"] = sj_node(RectangleSurrogate(0.0, 0.5, v_th))
     impls["sj_lif_atan"] = sj_node(surrogate.ATan())
     impls["plain_loop"] = plain_loop
+    try:
+        from spikingjelly_vae.neuron import PaperLIFNode
+    except ImportError:
+        return impls
+    paper = PaperLIFNode(decay=decay, v_threshold=v_th, backend="torch")
+
+    def paper_lif_node_torch(x):
+        functional.reset_net(paper)
+        return paper(x)
+
+    impls["paper_lif_node_torch"] = paper_lif_node_torch
     return impls
 
 
@@ -256,7 +268,7 @@ def main(argv=None):
         for r in rows:
             totals[r["impl"]] = totals.get(r["impl"], 0.0) + count * r["ms_median"]
             mib = r["saved_bytes_beyond_output"] / 2**20
-            print(f"{name:>10} {r['impl']:>17}: {r['ms_median']:9.3f} ms  saved beyond output {mib:8.2f} MiB"
+            print(f"{name:>10} {r['impl']:>20}: {r['ms_median']:9.3f} ms  saved beyond output {mib:8.2f} MiB"
                   f"  spikes==first {r['spikes_equal_first']}", flush=True)
     record["esvae_all_lif_layers_ms"] = {k: round(v, 3) for k, v in totals.items()}
     out = Path(args.out) if args.out else ROOT / "results" / f"bench_lif_{device.type}.json"
