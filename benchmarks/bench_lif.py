@@ -56,7 +56,8 @@ def commit() -> dict:
             return ""
 
     return {"commit": git("rev-parse", "HEAD") or None,
-            "dirty": bool(git("status", "--porcelain", "--", "spikingjelly_vae", "benchmarks"))}
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", "spikingjelly_vae",
+                                "benchmarks"))}
 
 
 def device_info(device: torch.device) -> dict:
