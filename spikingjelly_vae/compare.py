@@ -124,7 +124,7 @@ def _fmt(value: Optional[float]) -> str:
         return "-"
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
-    return f"{value:.4g}"
+    return f"{value:#.4g}"
 
 
 def measured_row(res: dict) -> dict:
@@ -154,11 +154,16 @@ def measured_row(res: dict) -> dict:
         values["fad"] = m["fad"].get("fad")
         if m["fad"].get("note"):
             notes.append(f"FAD: {m['fad']['note']}")
+        if m["fad"].get("num_images", 5120) < 5120:
+            notes.append(f"FAD on {m['fad']['num_images']} samples (the paper: 5120)")
     if res.get("protocol", "reference") != "reference":
         notes.append(f"{res['protocol']} metric protocol (the paper: reference)")
     if dataset == "cifar10":
         notes.append("CIFAR-10 from JPEG q75 copies here, not the original pixels")
     unavailable = {k: str(v) for k, v in (res.get("unavailable") or {}).items()}
+    skipped = [label for key, label in METRIC_COLUMNS if key not in m and key not in unavailable]
+    if skipped:
+        notes.append(f"not evaluated: {', '.join(skipped)}")
     for key, why in unavailable.items():
         notes.append(f"{key.upper()} unavailable: {why}")
     where = res.get("_path") or res.get("checkpoint", "")

@@ -45,7 +45,7 @@ def test_table_layout_marks_every_cell():
     lines = text.splitlines()
     assert lines[0].split()[:6] == ["Dataset", "Model", "Recon.", "loss", "IS", "FID"]
     fsvae_ours = next(line for line in lines if "FSVAE (ours)" in line)
-    assert "0.0234 M" in fsvae_ours and "150 M" in fsvae_ours and "n/a" in fsvae_ours
+    assert "0.02340 M" in fsvae_ours and "150.0 M" in fsvae_ours and "n/a" in fsvae_ours
     fsvae_paper = next(line for line in lines if line.strip().startswith("FSVAE ") and "published" in line)
     for cell in ("0.031 P", "6.209 P", "97.06 P", "35.54 P"):
         assert cell in fsvae_paper
@@ -60,13 +60,14 @@ def test_table_layout_marks_every_cell():
 
 def test_notes_for_departures_from_the_paper():
     res = fake_result(dataset="cifar10", protocol="standard")
-    res["metrics"]["mse"]["num_images"] = 64
     res["metrics"]["fid"].update(mode="fast", num_images=200)
-    res["metrics"]["fad"]["note"] = "feature AE trained by this project"
+    res["metrics"]["fad"].update(note="feature AE trained by this project", num_images=512)
+    del res["metrics"]["mse"]
+    res["unavailable"] = {}
     notes = [r for r in build_table([res]) if r["kind"] == "measured"][0]["notes"]
     joined = " | ".join(notes)
-    for part in ("64 test images", "fast resize", "200 samples", "feature AE trained by this project",
-                 "standard metric protocol", "JPEG"):
+    for part in ("not evaluated: Recon. loss, IS", "fast resize", "200 samples", "feature AE trained by this project",
+                 "FAD on 512 samples", "standard metric protocol", "JPEG"):
         assert part in joined
 
 
@@ -109,7 +110,7 @@ def test_cli_compare(tmp_path):
     path.write_text(json.dumps(fake_result("ann-vae", mse=0.05)))
     result = CliRunner().invoke(main, ["compare", str(path), "--format", "markdown"])
     assert result.exit_code == 0, result.output
-    assert "| MNIST | ANN (ours) [1] | 0.05 M |" in result.output
+    assert "| MNIST | ANN (ours) [1] | 0.05000 M |" in result.output
     bad = CliRunner().invoke(main, ["compare", str(tmp_path)])
     assert bad.exit_code == 2 and "without best.pt" in bad.output
 
