@@ -135,3 +135,19 @@ def test_checkpoint_round_trip_keeps_kl_weight(tmp_path):
     assert loaded.kld_weight == pytest.approx(1 / 200)
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k])
+
+
+SHARED_DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "MNIST" / "raw").is_dir(), reason="needs ../shared/data/MNIST")
+def test_train_loop_sets_kl_weight_from_train_batches(tmp_path):
+    """train.fit calls set_num_train_batches(len(train_loader)); the checkpoint keeps w = 1/4 here."""
+    from spikingjelly_vae.checkpoint import load_checkpoint
+    from spikingjelly_vae.train import TrainConfig, fit
+    res = fit(TrainConfig(dataset="mnist", model="ann-vae", data_root=str(SHARED_DATA), out=str(tmp_path / "run"),
+                          batch_size=16, train_subset=64, test_subset=16, epochs=1, latent_dim=4, grid_images=4,
+                          device="cpu", progress=False, tensorboard=False))
+    assert res["model_config"]["kld_weight"] == pytest.approx(1 / 4)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["config"]["kld_weight"] == pytest.approx(1 / 4)
+    assert res["metrics"]["test_kld"] > 0

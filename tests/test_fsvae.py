@@ -393,3 +393,20 @@ def test_bad_input_raises_value_error():
         FSVAE(distance="l2")
     with pytest.raises(ValueError, match="image_size"):
         FSVAE(image_size=28)
+
+
+SHARED_DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "MNIST" / "raw").is_dir(), reason="needs ../shared/data/MNIST")
+def test_train_loop_drives_the_schedule(tmp_path, monkeypatch):
+    """train.fit calls set_epoch(epoch, epochs) each epoch: p = 0.1, then 0.2 for 2 epochs."""
+    from spikingjelly_vae.train import TrainConfig, fit
+    seen = []
+    original = FSVAE.set_epoch
+    monkeypatch.setattr(FSVAE, "set_epoch", lambda self, e, m: seen.append(original(self, e, m)) or seen[-1])
+    res = fit(TrainConfig(dataset="mnist", model="fsvae", data_root=str(SHARED_DATA), out=str(tmp_path / "run"),
+                          batch_size=8, train_subset=16, test_subset=8, epochs=2, latent_dim=4, T=3,
+                          model_kwargs={"k": 2}, grid_images=4, device="cpu", progress=False, tensorboard=False))
+    assert seen == pytest.approx([0.1, 0.2])
+    assert res["metrics"]["epoch"] == 2 and res["metrics"]["test_mmd"] >= 0
