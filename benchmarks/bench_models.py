@@ -1,0 +1,221 @@
+"""Training-step and generation time of ESVAE vs FSVAE vs the ANN VAE at the same batch (JSON out).
+
+Measured per model (MNIST-shaped input 1x32x32 by default, T = 16, the same latent size for all):
+  train_step   forward + loss + backward + AdamW step, training mode (FSVAE: its O(T^2) prefix passes)
+  recon_eval   forward in eval mode under no_grad (the test-set reconstruction)
+  sample       model.sample(batch) in eval mode
+FSVAE extras (what its autoregressive latent costs, and what our O(T) eval-mode stepping gains):
+  fsvae_posterior_train   posterior sampling alone in training mode (T-1 no-grad prefix passes + 1 full)
+  fsvae_sample_prefix     generation in eval mode by re-running the prior MLP on every prefix (the
+                          official code's loop) vs our stepwise generation (one MLP step per time step);
+                          both draw the same spikes (checked, ``prefix_equals_stepwise``)
+  fsvae_posterior_eval_*  the same for the posterior in eval mode (test reconstructions), checked by
+                          ``posterior_prefix_equals_stepwise``
+
+    python benchmarks/bench_models.py                          # CUDA if available (batch 250), else CPU (32)
+    python benchmarks/bench_models.py --device cpu --batch 16 --threads 2 --repeats 5
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from spikingjelly_vae.models import build_model  # noqa: E402
+from spikingjelly_vae.models.fsvae import pick, random_index, run_prefix  # noqa: E402
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+    except Exception:
+        return ""
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, warmup, repeats) -> dict:
+    """Median/mean/min seconds of ``fn()`` over ``repeats`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return {"median_s": statistics.median(times), "mean_s": statistics.fmean(times), "min_s": min(times),
+            "repeats": repeats}
+
+
+def peak_memory(fn, device):
+    if device.type != "cuda":
+        return None
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    sync(device)
+    return int(torch.cuda.max_memory_allocated(device) - base)
+
+
+@torch.no_grad()
+def prefix_generation(prior, n, T, generator, device):
+    """The official generation loop in eval mode: re-run the prior MLP on every prefix (O(T^2) steps)."""
+    L, k = prior.latent_dim, prior.k
+    inputs = torch.zeros(T + 1, n, L, device=device)
+    for t in range(T):
+        out = run_prefix(prior.mlp, inputs[:t + 1])[-1]
+        inputs[t + 1] = pick(out, random_index(n, L, k, generator, device), k)
+    return inputs[1:]
+
+
+@torch.no_grad()
+def prefix_posterior(posterior, x_e, generator):
+    """The official posterior loop in eval mode: T-1 prefix passes, then the full pass, z re-read."""
+    T, N, L = x_e.shape
+    k = posterior.k
+    z_prev, indices = torch.zeros_like(x_e), []
+    for t in range(T - 1):
+        out = run_prefix(posterior.mlp, torch.cat([x_e[:t + 1], z_prev[:t + 1]], dim=2))[-1]
+        indices.append(random_index(N, L, k, generator, x_e.device))
+        z_prev[t + 1] = pick(out, indices[-1], k)
+    q = run_prefix(posterior.mlp, torch.cat([x_e, z_prev], dim=2))
+    indices.append(random_index(N, L, k, generator, x_e.device))
+    return pick(q, torch.stack(indices), k)
+
+
+def bench_model(name, args, device, x):
+    config = {"model": name, "in_channels": 1, "image_size": 32, "latent_dim": args.latent_dim}
+    if name != "ann-vae":
+        config["T"] = args.T
+    torch.manual_seed(0)
+    model = build_model(config).to(device)
+    if hasattr(model, "set_num_train_batches"):
+        model.set_num_train_batches(240)
+    if hasattr(model, "set_epoch"):
+        model.set_epoch(75, 150)  # mid-schedule scheduled-sampling probability (0.2)
+    opt = torch.optim.AdamW(model.param_groups(1e-3), weight_decay=1e-3)
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def train_step():
+        model.train()
+        terms = model.loss(x, model(x, generator=gen))
+        opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        opt.step()
+
+    @torch.no_grad()
+    def recon_eval():
+        model.eval()
+        model(x, generator=gen)
+
+    def sample():
+        model.eval()
+        model.sample(x.shape[0], generator=gen)
+
+    row = {"config": model.config, "params": sum(p.numel() for p in model.parameters()),
+           "train_step": timed(train_step, device, args.warmup, args.repeats),
+           "train_step_peak_bytes": peak_memory(train_step, device),
+           "recon_eval": timed(recon_eval, device, args.warmup, args.repeats),
+           "sample": timed(sample, device, args.warmup, args.repeats)}
+    row["train_images_per_s"] = x.shape[0] / row["train_step"]["median_s"]
+    if name == "fsvae":
+        def posterior_train():
+            model.train()
+            with torch.no_grad():
+                x_e, _ = model.encode(x)
+            model.posterior(x_e, gen)
+
+        row["fsvae_posterior_train"] = timed(posterior_train, device, args.warmup, args.repeats)
+        model.eval()
+        row["fsvae_sample_prefix"] = timed(lambda: prefix_generation(model.prior, x.shape[0], args.T, gen, device),
+                                           device, args.warmup, args.repeats)
+        g1, g2 = (torch.Generator(device=device).manual_seed(1) for _ in range(2))
+        stepwise = model.prior_spikes(x.shape[0], g1)
+        row["prefix_equals_stepwise"] = bool(torch.equal(prefix_generation(model.prior, x.shape[0], args.T, g2,
+                                                                           device), stepwise))
+        with torch.no_grad():
+            x_e, _ = model.encode(x)
+        g1, g2 = (torch.Generator(device=device).manual_seed(3) for _ in range(2))
+        row["posterior_prefix_equals_stepwise"] = bool(torch.equal(prefix_posterior(model.posterior, x_e, g1),
+                                                                   model.posterior(x_e, g2)[0]))
+        row["fsvae_posterior_eval_prefix"] = timed(lambda: prefix_posterior(model.posterior, x_e, gen), device,
+                                                   args.warmup, args.repeats)
+        row["fsvae_posterior_eval_stepwise"] = timed(torch.no_grad()(lambda: model.posterior(x_e, gen)), device,
+                                                     args.warmup, args.repeats)
+        g = torch.Generator(device=device).manual_seed(2)
+        row["fsvae_prior_generate_stepwise"] = timed(lambda: model.prior_spikes(x.shape[0], g), device,
+                                                     args.warmup, args.repeats)
+    return row
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:i]")
+    ap.add_argument("--batch", type=int, default=None, help="batch size (default 250 on CUDA, 32 on CPU)")
+    ap.add_argument("--T", type=int, default=16, help="time steps (paper: 16)")
+    ap.add_argument("--latent-dim", type=int, default=128, help="latent size for all models (paper: 128)")
+    ap.add_argument("--models", default="esvae,fsvae,ann-vae", help="comma list of registry names")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed calls per measurement")
+    ap.add_argument("--repeats", type=int, default=None, help="timed calls (default 20 CUDA, 5 CPU)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--out", default=None, help="JSON path (default results/bench_models_<cpu|cuda>.json)")
+    args = ap.parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if args.device == "auto" else args.device))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.batch = args.batch or (250 if device.type == "cuda" else 32)
+    args.repeats = args.repeats or (20 if device.type == "cuda" else 5)
+    x = (torch.rand(args.batch, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)
+    record = {"benchmark": "bench_models", "commit": commit(), "device": str(device),
+              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+              or platform.machine(), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
+              "batch": args.batch, "T": args.T, "latent_dim": args.latent_dim, "input": "1x32x32",
+              "warmup": args.warmup, "models": {}}
+    for name in args.models.split(","):
+        print(f"{name} ...", file=sys.stderr, flush=True)
+        record["models"][name] = bench_model(name, args, device, x)
+        r = record["models"][name]
+        print(f"  train step {r['train_step']['median_s'] * 1e3:.1f} ms, sample {r['sample']['median_s'] * 1e3:.1f} ms",
+              file=sys.stderr)
+    m = record["models"]
+    ratios = {}
+    for other in ("fsvae", "ann-vae"):
+        if "esvae" in m and other in m:
+            for key in ("train_step", "recon_eval", "sample"):
+                ratios[f"{other}_over_esvae_{key}"] = m[other][key]["median_s"] / m["esvae"][key]["median_s"]
+    if "fsvae" in m:
+        f = m["fsvae"]
+        ratios["fsvae_posterior_share_of_train_step"] = (f["fsvae_posterior_train"]["median_s"]
+                                                         / f["train_step"]["median_s"])
+        ratios["fsvae_posterior_eval_prefix_over_stepwise"] = (f["fsvae_posterior_eval_prefix"]["median_s"]
+                                                               / f["fsvae_posterior_eval_stepwise"]["median_s"])
+        ratios["fsvae_generation_prefix_over_stepwise"] = (f["fsvae_sample_prefix"]["median_s"]
+                                                           / f["fsvae_prior_generate_stepwise"]["median_s"])
+    record["ratios"] = ratios
+    out = Path(args.out or ROOT / "results" / f"bench_models_{device.type}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, out)
+    print(json.dumps(ratios, indent=2))
+    print(f"wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
