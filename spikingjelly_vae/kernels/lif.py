@@ -85,28 +85,39 @@ def torch_backward(grad_spikes: torch.Tensor, spikes: torch.Tensor, h_seq: torch
     """dL/dx ``[T, ...]`` by the reverse-time recursion in the module docstring.
 
     One step at a time on step-sized buffers (they stay in cache; whole-sequence temporaries are slower
-    on CPU), in the kernel's operation order.
+    on CPU), with the kernel's roundings: (1 - s) + (v_reset - h) * sg is formed as
+    (1 - s) - (h - v_reset) * sg, which is the same float32 number.
     """
     cdt = _compute_dtype(h_seq.dtype)
+    direct = h_seq.dtype == cdt  # accumulate g straight in grad_x
     grad_x = torch.empty_like(h_seq)
-    sg, dv_dh, keep, g = (torch.zeros(h_seq.shape[1:], dtype=cdt, device=h_seq.device) for _ in range(4))
+    sg, dv_dh, keep, g = (torch.empty(h_seq.shape[1:], dtype=cdt, device=h_seq.device) for _ in range(4))
+    ones = torch.ones_like(sg)
+    g_next = None
     for t in range(h_seq.shape[0] - 1, -1, -1):
         h, s = h_seq[t].to(cdt), spikes[t].to(cdt)
         if p.centre == 0.0:
             torch.abs(h, out=sg)
         else:
             torch.sub(h, p.centre, out=sg).abs_()
-        sg.lt_(p.half_width).mul_(p.height)  # do/dh
+        sg.lt_(p.half_width)
+        if p.height != 1.0:
+            sg.mul_(p.height)  # do/dh
         if p.v_reset == 0.0:
-            torch.neg(h, out=dv_dh)
+            torch.mul(h, sg, out=dv_dh)
         else:
-            torch.sub(h, p.v_reset, out=dv_dh).neg_()  # v_reset - h
-        dv_dh.mul_(sg)
-        torch.mul(s, -1.0, out=keep).add_(1.0)  # 1 - s
-        dv_dh.add_(keep)  # dv_t/dh_t
+            torch.sub(h, p.v_reset, out=dv_dh).mul_(sg)
+        torch.sub(ones, s, out=keep)
+        torch.sub(keep, dv_dh, out=dv_dh)  # dv_t/dh_t
         sg.mul_(grad_spikes[t])  # dL/do_t * do/dh
-        g.mul_(p.decay).mul_(dv_dh).add_(sg)
-        grad_x[t].copy_(g)
+        g_t = grad_x[t] if direct else g
+        if g_next is None:
+            g_t.copy_(sg)
+        else:
+            torch.mul(g_next, p.decay, out=g_t).mul_(dv_dh).add_(sg)
+        if not direct:
+            grad_x[t].copy_(g_t)
+        g_next = g_t
     return grad_x
 
 
