@@ -73,7 +73,7 @@ def sanity(args):
     from spikingjelly_vae.metrics.fad import compute_fad, load_fad_model
     from spikingjelly_vae.metrics.sources import collect, dataset_batches
     res = {"fad": {}, "fid": {}}
-    for ds in ("mnist", "fashion"):
+    for ds in ("mnist", "fashion") if "fad" in args.sanity_parts else ():
         fad = load_fad_model(ds, args.fad_dir)
         x = collect(dataset_batches(load_dataset(ds, "test", root=args.data_root), 1000))
         idx = [torch.randperm(len(x), generator=torch.Generator().manual_seed(s))[:5120] for s in range(3)]
@@ -82,9 +82,14 @@ def sanity(args):
             "test_all_in_order_batch256": compute_fad(tensor_batches(x, 256), fad)["fad"],
             "test_random5120_batch128_seeds0-2": [compute_fad(tensor_batches(x[i], 128), fad)["fad"] for i in idx],
             "test_first5120_in_order_batch128": compute_fad(tensor_batches(x[:5120], 128), fad)["fad"],
+            "test_last5120_in_order_batch128": compute_fad(tensor_batches(x[-5120:], 128), fad)["fad"],
+            "test_random1024_batch128_seed0": compute_fad(tensor_batches(x[idx[0][:1024]], 128), fad)["fad"],
+            "test_random512_batch128_seed0": compute_fad(tensor_batches(x[idx[0][:512]], 128), fad)["fad"],
             "uniform_noise5120_batch128": compute_fad(tensor_batches(noise, 128), fad)["fad"],
         }
         print(ds, json.dumps(res["fad"][ds]), flush=True)
+    if "fid" not in args.sanity_parts:
+        return res
     n = args.sanity_num
     inception = load_fid_inception(args.inception_weights, "cpu")
     g = torch.Generator().manual_seed(0)
@@ -121,6 +126,7 @@ def main():
     ap.add_argument("--skip-timing", action="store_true", help="no timing part")
     ap.add_argument("--sanity", action="store_true", help="also measure the sanity numbers")
     ap.add_argument("--sanity-num", type=int, default=1000, help="images per set for the FID sanity part")
+    ap.add_argument("--sanity-parts", default="fad,fid", help="which sanity parts: fad, fid or both")
     ap.add_argument("--out", default=str(ROOT / "results" / "bench_metrics.json"), help="JSON output")
     args = ap.parse_args()
     args.modes = [m for m in args.modes.split(",") if m]
