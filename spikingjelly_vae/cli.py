@@ -254,8 +254,9 @@ _DATASETS = ["mnist", "fashion", "cifar10", "celeba"]
 @click.option("--is-batch", default=256, show_default=True, type=click.IntRange(1), help="IS sampling batch.")
 @click.option("--is-batches", default=10, show_default=True, type=click.IntRange(1),
               help="IS batches (reference protocol: one split per batch).")
-@click.option("--mse-batch", default=512, show_default=True, type=click.IntRange(1),
-              help="Test batch for MSE (reference: 2 x training batch).")
+@click.option("--mse-batch", default=None, type=click.IntRange(1),
+              help="Test batch for MSE (default: ESVAE's, 2 x training batch: 512, CelebA 128; FSVAE's "
+                   "reference used its training batch, 250 / 64).")
 @click.option("--mse-num", default=None, type=click.IntRange(1), help="Use only the first N test images for MSE.")
 @click.option("--fid-ref-num", default=None, type=click.IntRange(2),
               help="FID reference statistics from the first N images of the split only (default: all).")

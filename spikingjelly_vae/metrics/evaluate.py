@@ -40,7 +40,7 @@ def _checkpoint_dataset(ckpt: dict):
 def evaluate_checkpoint(checkpoint, metrics=METRICS, dataset=None, data_root=None, protocol="reference",
                         fid_mode="clean", inception_weights=None, is_weights=None, fad_dir=None,
                         fad_checkpoint=None, cache_dir=None, num_samples=5000, sample_batch=128,
-                        is_batch=256, is_batches=10, mse_batch=512, mse_num=None, fid_ref_num=None, seed=0, device=None,
+                        is_batch=256, is_batches=10, mse_batch=None, mse_num=None, fid_ref_num=None, seed=0, device=None,
                         progress=False, log=lambda msg: None) -> dict:
     """Compute `metrics` for the model in `checkpoint`; returns the JSON-ready result dict."""
     from .. import __version__
@@ -70,6 +70,7 @@ def evaluate_checkpoint(checkpoint, metrics=METRICS, dataset=None, data_root=Non
         t = time.time()
         log("reconstruction MSE on the test split ...")
         test = load_dataset(dataset, "test", root=data_root, cache_dir=cache_dir, augment=False)
+        mse_batch = mse_batch or (128 if dataset == "celeba" else 512)  # ESVAE's test batch: 2 x train batch
         r = reconstruction_mse(model, test, mse_batch, gen(0), device, REFERENCE_DROP_LAST[dataset], num=mse_num)
         res["metrics"]["mse"] = {**r, "split": "test",
                                  "protocol": "per-image mean over the whole test set (mse); the reference's "
