@@ -498,8 +498,9 @@ def _fit(config, rank, world, local_rank, on_epoch_end):
                 model.set_epoch(epoch, cfg.epochs)
             model.train()
             sums, t0, seen = {}, time.time(), 0
+            total = len(train_loader) if cfg.max_steps is None else min(len(train_loader), cfg.max_steps - step)
             bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (is_main and cfg.progress),
-                       dynamic_ncols=True, leave=True)
+                       total=total, dynamic_ncols=True, leave=True)
             for x, _ in bar:
                 x = x.to(device, non_blocking=True)
                 terms, loss_value = train_step(net, model, optimizer, scaler, x, model_gen, cfg.amp, world)

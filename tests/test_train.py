@@ -293,3 +293,27 @@ def test_reference_presets_and_overrides():
         presets.get_preset("esvae", "svhn")
     with pytest.raises(ValueError, match="missing"):
         presets.register_preset("x", "mnist", {"lr": 1.0})
+
+
+def _load_example(name):
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_example_train_mnist_quick(tmp_path):
+    res = _load_example("train_mnist").main(["--quick", "--data-root", str(SHARED), "--out", str(tmp_path / "m"),
+                                              "--device", "cpu"])
+    assert res["steps"] == 5 and res["metrics"]["test_images"] == 32
+    assert (tmp_path / "m" / "samples.png").is_file() and (tmp_path / "m" / "reconstructions.png").is_file()
+
+
+def test_example_train_cifar10_quick(tmp_path, request):
+    cache = request.config.cache.mkdir("sjvae_cache")  # the extracted CIFAR-10 JPEGs, shared with test_data
+    res = _load_example("train_cifar10").main(["--quick", "--data-root", str(SHARED), "--cache-dir", str(cache),
+                                                "--out", str(tmp_path / "c"), "--device", "cpu"])
+    assert res["steps"] == 3 and res["model_config"]["in_channels"] == 3 and res["model_config"]["latent_dim"] == 128
+    assert (tmp_path / "c" / "images" / "recon_epoch0001.png").is_file()
