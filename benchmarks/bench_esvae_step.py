@@ -88,15 +88,17 @@ def run_variant(variant: str, opts: dict) -> dict:
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times, losses = [], []
+    times, cpu_times, losses = [], [], []
     for _ in range(opts["steps"]):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         losses.append(step())
         sync(device)
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - start_cpu)
     median = statistics.median(times)
     row = {"variant": variant, "backend": backend, "step_s_median": round(median, 5),
            "step_s_min": round(min(times), 5), "images_per_s": round(opts["batch"] / median, 3),
+           "step_cpu_s_median": round(statistics.median(cpu_times), 5),  # process CPU time, all threads
            "steps": opts["steps"], "first_loss": losses[0], "last_loss": losses[-1]}
     if device.type == "cuda":
         row["cuda_peak_bytes"] = int(torch.cuda.max_memory_allocated(device))
@@ -155,15 +157,19 @@ def main(argv=None):
             row["round"] = rnd
             record["results"].append(row)
             step_ms = row["step_s_median"] * 1e3
-            print(f"round {rnd} {variant:>10}: {row['images_per_s']:10.2f} images/s  step {step_ms:9.1f} ms",
-                  flush=True)
+            print(f"round {rnd} {variant:>10}: {row['images_per_s']:10.2f} images/s  step {step_ms:9.1f} ms"
+                  f"  (process CPU {row['step_cpu_s_median'] * 1e3:9.1f} ms)", flush=True)
     record["images_per_s_median_over_rounds"] = {
         v: statistics.median(r["images_per_s"] for r in record["results"] if r["variant"] == v)
+        for v in variants}
+    record["step_cpu_s_median_over_rounds"] = {
+        v: statistics.median(r["step_cpu_s_median"] for r in record["results"] if r["variant"] == v)
         for v in variants}
     record["images_per_s_best_round"] = {
         v: max(r["images_per_s"] for r in record["results"] if r["variant"] == v) for v in variants}
     print("images/s, median over rounds:", record["images_per_s_median_over_rounds"],
-          "best round:", record["images_per_s_best_round"])
+          "best round:", record["images_per_s_best_round"],
+          "process CPU s per step:", record["step_cpu_s_median_over_rounds"])
     out = Path(args.out) if args.out else ROOT / "results" / f"bench_esvae_step_{device.type}.json"
     print("wrote", write_json(record, out))
 
