@@ -5,9 +5,10 @@
     v_t = h_t * (1 - o_t) + v_reset * o_t                    (hard reset, NOT detached)
     do/dh = 1[|h - centre| < half_width] / (2 * half_width)  (rectangle surrogate on the potential)
 
-With v_reset = 0 this is the reference u_t = decay * u_{t-1} * (1 - o_{t-1}) + x_t. Backward through time:
-g_t = dL/dh_t = dL/do_t * do/dh + decay * g_{t+1} * dv_t/dh_t,
-dv_t/dh_t = (1 - o_t) + (v_reset - h_t) * do/dh.
+With v_reset = 0 this is the reference u_t = decay * u_{t-1} * (1 - o_{t-1}) + x_t. Backward through time,
+with gv = dL/dv_t = decay * g_{t+1} (0 after the last step):
+g_t = dL/dh_t = ((dL/do_t - gv * (h_t - v_reset)) * 1[|h_t - centre| < w]) / (2w) + gv * (1 - o_t),
+grouped exactly as autograd groups the plain loop, so spikes and gradients equal the loop's bit for bit.
 Only the spikes (the output) and h are kept for backward, h in the input dtype; the computation is float32
 (float64 for float64 input), op for op the same as the CUDA kernel in ``sources.py``.
 """
@@ -29,7 +30,7 @@ class LIFParams:
         r = float if exact else (lambda v: float(np.float32(v)))
         self.decay, self.v_threshold, self.v_reset = r(decay), r(v_threshold), r(v_reset)
         self.centre, self.half_width = r(centre), r(half_width)
-        self.height = r(1.0 / (2.0 * float(half_width)))
+        self.two_w = r(2.0 * float(half_width))
 
     def kernel_args(self, *names):
         return tuple(np.float32(getattr(self, n)) for n in names)
@@ -85,39 +86,22 @@ def torch_backward(grad_spikes: torch.Tensor, spikes: torch.Tensor, h_seq: torch
     """dL/dx ``[T, ...]`` by the reverse-time recursion in the module docstring.
 
     One step at a time on step-sized buffers (they stay in cache; whole-sequence temporaries are slower
-    on CPU), with the kernel's roundings: (1 - s) + (v_reset - h) * sg is formed as
-    (1 - s) - (h - v_reset) * sg, which is the same float32 number.
+    on CPU), in the kernel's (and autograd's) operation order.
     """
     cdt = _compute_dtype(h_seq.dtype)
-    direct = h_seq.dtype == cdt  # accumulate g straight in grad_x
     grad_x = torch.empty_like(h_seq)
-    sg, dv_dh, keep, g = (torch.empty(h_seq.shape[1:], dtype=cdt, device=h_seq.device) for _ in range(4))
-    ones = torch.ones_like(sg)
-    g_next = None
+    mask, go, keep, gv = (torch.zeros(h_seq.shape[1:], dtype=cdt, device=h_seq.device) for _ in range(4))
+    ones = torch.ones_like(mask)
     for t in range(h_seq.shape[0] - 1, -1, -1):
         h, s = h_seq[t].to(cdt), spikes[t].to(cdt)
-        if p.centre == 0.0:
-            torch.abs(h, out=sg)
-        else:
-            torch.sub(h, p.centre, out=sg).abs_()
-        sg.lt_(p.half_width)
-        if p.height != 1.0:
-            sg.mul_(p.height)  # do/dh
-        if p.v_reset == 0.0:
-            torch.mul(h, sg, out=dv_dh)
-        else:
-            torch.sub(h, p.v_reset, out=dv_dh).mul_(sg)
-        torch.sub(ones, s, out=keep)
-        torch.sub(keep, dv_dh, out=dv_dh)  # dv_t/dh_t
-        sg.mul_(grad_spikes[t])  # dL/do_t * do/dh
-        g_t = grad_x[t] if direct else g
-        if g_next is None:
-            g_t.copy_(sg)
-        else:
-            torch.mul(g_next, p.decay, out=g_t).mul_(dv_dh).add_(sg)
-        if not direct:
-            grad_x[t].copy_(g_t)
-        g_next = g_t
+        torch.sub(h, p.centre, out=mask).abs_().lt_(p.half_width)  # 1[|h - c| < w]
+        torch.sub(h, p.v_reset, out=go).mul_(gv)  # gv * (h - v_reset)
+        torch.sub(grad_spikes[t].to(cdt), go, out=go)  # dL/do_t
+        go.mul_(mask).div_(p.two_w)
+        torch.sub(ones, s, out=keep).mul_(gv)  # gv * (1 - s)
+        go.add_(keep)  # g_t
+        grad_x[t].copy_(go)
+        torch.mul(go, p.decay, out=gv)
     return grad_x
 
 
@@ -154,7 +138,7 @@ def cupy_backward(grad_spikes, spikes, h_seq, p: LIFParams):
     n = h_seq[0].numel()
     launch("lif_backward", h_seq.dtype, h_seq.device, n,
            (ptr(grad_spikes), ptr(spikes), ptr(h_seq), ptr(grad_x), np.int64(n), np.int32(h_seq.shape[0]))
-           + p.kernel_args("decay", "v_reset", "centre", "half_width", "height"))
+           + p.kernel_args("decay", "v_reset", "centre", "half_width", "two_w"))
     return grad_x
 
 

@@ -8,8 +8,9 @@ float32 and written one operation per statement in the order of the torch path (
 
 LIF (decay d, threshold th, reset value r, surrogate window centre c, half-width w, height 1/(2w)):
     forward   h_t = (v_{t-1} - r) * d + r + x_t,  s_t = 1[h_t >= th],  v_t = s_t ? r : h_t,  v_{-1} = r
-    backward  sg_t = 1[|h_t - c| < w] / (2w),  dv_t/dh_t = (1 - s_t) + (r - h_t) * sg_t
-              g_t = gs_t * sg_t + (g_{t+1} * d) * dv_t/dh_t,   dL/dx_t = g_t
+    backward  gv = g_{t+1} * d (0 after the last step),  m_t = 1[|h_t - c| < w]
+              g_t = ((gs_t - gv * (h_t - r)) * m_t) / (2w) + gv * (1 - s_t),   dL/dx_t = g_t
+              (autograd's grouping for the plain loop, so the torch loop's gradients are matched bit for bit)
 Poisson (rates r of shape [n], uniform draws u of shape [T, n]):
     forward   z_t = 1[u_t < r],  window_t = 1[|r - u_t| < w]  (stored as uint8)
     backward  dL/dr = (sum_t window_t * gz_t) / (2w)
@@ -115,7 +116,7 @@ extern "C" __global__ void lif_backward(
     const scalar_t* __restrict__ grad_spike, const scalar_t* __restrict__ spike,
     const scalar_t* __restrict__ h_seq, scalar_t* __restrict__ grad_x,
     const long long n, const int steps, const float decay, const float v_reset,
-    const float centre, const float half_width, const float height)
+    const float centre, const float half_width, const float two_w)
 {
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
@@ -125,12 +126,15 @@ extern "C" __global__ void lif_backward(
         const float h = to_float(h_seq[k]);
         const float s = to_float(spike[k]);
         const float d = h - centre;
-        const float sg = (d < half_width && d > -half_width) ? height : 0.0f;
-        float dv_dh = v_reset - h;
-        dv_dh = dv_dh * sg;
-        dv_dh = (1.0f - s) + dv_dh;
-        float g = to_float(grad_spike[k]) * sg;
-        g = g + grad_v * dv_dh;
+        const float mask = (d < half_width && d > -half_width) ? 1.0f : 0.0f;
+        float go = h - v_reset;
+        go = go * grad_v;
+        go = to_float(grad_spike[k]) - go;
+        go = go * mask;
+        go = go / two_w;
+        float keep = 1.0f - s;
+        keep = keep * grad_v;
+        const float g = go + keep;
         grad_x[k] = from_float(g);
         grad_v = g * decay;
     }
