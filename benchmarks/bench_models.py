@@ -47,19 +47,26 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device, warmup, repeats) -> dict:
-    """Median/mean/min seconds of ``fn()`` over ``repeats`` calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
+def _stats(times) -> dict:
     return {"median_s": statistics.median(times), "mean_s": statistics.fmean(times), "min_s": min(times),
-            "repeats": repeats}
+            "repeats": len(times)}
+
+
+def timed_interleaved(fns: dict, device, warmup, repeats) -> dict:
+    """Seconds per call of each ``fns[name]()``; the calls alternate (a, b, c, a, b, c, ...) so that load on a
+    shared machine drifting over time hits every function alike. ``warmup`` untimed rounds first."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    sync(device)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t)
+    return {name: _stats(ts) for name, ts in times.items()}
 
 
 def peak_memory(fn, device):
@@ -98,7 +105,7 @@ def prefix_posterior(posterior, x_e, generator):
     return pick(q, torch.stack(indices), k)
 
 
-def bench_model(name, args, device, x):
+def build(name, args, device):
     config = {"model": name, "in_channels": 1, "image_size": 32, "latent_dim": args.latent_dim}
     if name != "ann-vae":
         config["T"] = args.T
@@ -108,6 +115,11 @@ def bench_model(name, args, device, x):
         model.set_num_train_batches(240)
     if hasattr(model, "set_epoch"):
         model.set_epoch(75, 150)  # mid-schedule scheduled-sampling probability (0.2)
+    return model
+
+
+def model_calls(model, x, device):
+    """train_step / recon_eval / sample closures of one model."""
     opt = torch.optim.AdamW(model.param_groups(1e-3), weight_decay=1e-3)
     gen = torch.Generator(device=device).manual_seed(0)
 
@@ -127,39 +139,42 @@ def bench_model(name, args, device, x):
         model.eval()
         model.sample(x.shape[0], generator=gen)
 
-    row = {"config": model.config, "params": sum(p.numel() for p in model.parameters()),
-           "train_step": timed(train_step, device, args.warmup, args.repeats),
-           "train_step_peak_bytes": peak_memory(train_step, device),
-           "recon_eval": timed(recon_eval, device, args.warmup, args.repeats),
-           "sample": timed(sample, device, args.warmup, args.repeats)}
-    row["train_images_per_s"] = x.shape[0] / row["train_step"]["median_s"]
-    if name == "fsvae":
-        def posterior_train():
-            model.train()
-            with torch.no_grad():
-                x_e, _ = model.encode(x)
+    return {"train_step": train_step, "recon_eval": recon_eval, "sample": sample}
+
+
+def fsvae_extras(model, x, args, device) -> dict:
+    """FSVAE: posterior share of the training step; eval-mode prefix re-runs vs our stepwise passes."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    row = {}
+    with torch.no_grad():
+        x_e, _ = model.encode(x)
+    g1, g2 = (torch.Generator(device=device).manual_seed(1) for _ in range(2))
+    model.eval()
+    row["prefix_equals_stepwise"] = bool(torch.equal(prefix_generation(model.prior, x.shape[0], args.T, g1, device),
+                                                     model.prior_spikes(x.shape[0], g2)))
+    g1, g2 = (torch.Generator(device=device).manual_seed(3) for _ in range(2))
+    row["posterior_prefix_equals_stepwise"] = bool(torch.equal(prefix_posterior(model.posterior, x_e, g1),
+                                                               model.posterior(x_e, g2)[0]))
+
+    def posterior_train():
+        model.train()
+        model.posterior(x_e, gen)
+
+    def posterior_eval_stepwise():
+        model.eval()
+        with torch.no_grad():
             model.posterior(x_e, gen)
 
-        row["fsvae_posterior_train"] = timed(posterior_train, device, args.warmup, args.repeats)
+    def generate_stepwise():
         model.eval()
-        row["fsvae_sample_prefix"] = timed(lambda: prefix_generation(model.prior, x.shape[0], args.T, gen, device),
-                                           device, args.warmup, args.repeats)
-        g1, g2 = (torch.Generator(device=device).manual_seed(1) for _ in range(2))
-        stepwise = model.prior_spikes(x.shape[0], g1)
-        row["prefix_equals_stepwise"] = bool(torch.equal(prefix_generation(model.prior, x.shape[0], args.T, g2,
-                                                                           device), stepwise))
-        with torch.no_grad():
-            x_e, _ = model.encode(x)
-        g1, g2 = (torch.Generator(device=device).manual_seed(3) for _ in range(2))
-        row["posterior_prefix_equals_stepwise"] = bool(torch.equal(prefix_posterior(model.posterior, x_e, g1),
-                                                                   model.posterior(x_e, g2)[0]))
-        row["fsvae_posterior_eval_prefix"] = timed(lambda: prefix_posterior(model.posterior, x_e, gen), device,
-                                                   args.warmup, args.repeats)
-        row["fsvae_posterior_eval_stepwise"] = timed(torch.no_grad()(lambda: model.posterior(x_e, gen)), device,
-                                                     args.warmup, args.repeats)
-        g = torch.Generator(device=device).manual_seed(2)
-        row["fsvae_prior_generate_stepwise"] = timed(lambda: model.prior_spikes(x.shape[0], g), device,
-                                                     args.warmup, args.repeats)
+        model.prior_spikes(x.shape[0], gen)
+
+    row.update(timed_interleaved({
+        "fsvae_posterior_train": posterior_train,
+        "fsvae_posterior_eval_prefix": lambda: prefix_posterior(model.eval().posterior, x_e, gen),
+        "fsvae_posterior_eval_stepwise": posterior_eval_stepwise,
+        "fsvae_sample_prefix": lambda: prefix_generation(model.eval().prior, x.shape[0], args.T, gen, device),
+        "fsvae_prior_generate_stepwise": generate_stepwise}, device, args.warmup, args.repeats))
     return row
 
 
@@ -170,8 +185,8 @@ def main(argv=None):
     ap.add_argument("--T", type=int, default=16, help="time steps (paper: 16)")
     ap.add_argument("--latent-dim", type=int, default=128, help="latent size for all models (paper: 128)")
     ap.add_argument("--models", default="esvae,fsvae,ann-vae", help="comma list of registry names")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed calls per measurement")
-    ap.add_argument("--repeats", type=int, default=None, help="timed calls (default 20 CUDA, 5 CPU)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed rounds per measurement")
+    ap.add_argument("--repeats", type=int, default=None, help="timed rounds (default 20 CUDA, 5 CPU)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", default=None, help="JSON path (default results/bench_models_<cpu|cuda>.json)")
     args = ap.parse_args(argv)
@@ -187,33 +202,47 @@ def main(argv=None):
               or platform.machine(), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
               "batch": args.batch, "T": args.T, "latent_dim": args.latent_dim, "input": "1x32x32",
               "warmup": args.warmup, "models": {}}
-    for name in args.models.split(","):
-        print(f"{name} ...", file=sys.stderr, flush=True)
-        record["models"][name] = bench_model(name, args, device, x)
-        r = record["models"][name]
-        print(f"  train step {r['train_step']['median_s'] * 1e3:.1f} ms, sample {r['sample']['median_s'] * 1e3:.1f} ms",
-              file=sys.stderr)
+    record["loadavg_before"] = os.getloadavg()
+    names = args.models.split(",")
+    models = {name: build(name, args, device) for name in names}
+    calls = {name: model_calls(models[name], x, device) for name in names}
+    for name in names:
+        record["models"][name] = {"config": models[name].config,
+                                  "params": sum(p.numel() for p in models[name].parameters()),
+                                  "train_step_peak_bytes": peak_memory(calls[name]["train_step"], device)}
+    for kind in ("train_step", "recon_eval", "sample"):
+        print(f"{kind} ...", file=sys.stderr, flush=True)
+        res = timed_interleaved({name: calls[name][kind] for name in names}, device, args.warmup, args.repeats)
+        for name in names:
+            record["models"][name][kind] = res[name]
+            print(f"  {name}: {res[name]['median_s'] * 1e3:.1f} ms", file=sys.stderr)
+    for name in names:
+        record["models"][name]["train_images_per_s"] = x.shape[0] / record["models"][name]["train_step"]["median_s"]
+    if "fsvae" in models:
+        print("fsvae extras ...", file=sys.stderr, flush=True)
+        record["models"]["fsvae"].update(fsvae_extras(models["fsvae"], x, args, device))
+    record["loadavg_after"] = os.getloadavg()
     m = record["models"]
-    ratios = {}
-    for other in ("fsvae", "ann-vae"):
-        if "esvae" in m and other in m:
-            for key in ("train_step", "recon_eval", "sample"):
-                ratios[f"{other}_over_esvae_{key}"] = m[other][key]["median_s"] / m["esvae"][key]["median_s"]
-    if "fsvae" in m:
-        f = m["fsvae"]
-        ratios["fsvae_posterior_share_of_train_step"] = (f["fsvae_posterior_train"]["median_s"]
-                                                         / f["train_step"]["median_s"])
-        ratios["fsvae_posterior_eval_prefix_over_stepwise"] = (f["fsvae_posterior_eval_prefix"]["median_s"]
-                                                               / f["fsvae_posterior_eval_stepwise"]["median_s"])
-        ratios["fsvae_generation_prefix_over_stepwise"] = (f["fsvae_sample_prefix"]["median_s"]
-                                                           / f["fsvae_prior_generate_stepwise"]["median_s"])
-    record["ratios"] = ratios
+    for stat in ("median_s", "min_s"):  # min: the least disturbed call, the better estimate under load
+        ratios = {}
+        for other in ("fsvae", "ann-vae"):
+            if "esvae" in m and other in m:
+                for key in ("train_step", "recon_eval", "sample"):
+                    ratios[f"{other}_over_esvae_{key}"] = m[other][key][stat] / m["esvae"][key][stat]
+        if "fsvae" in m:
+            f = m["fsvae"]
+            ratios["fsvae_posterior_share_of_train_step"] = f["fsvae_posterior_train"][stat] / f["train_step"][stat]
+            ratios["fsvae_posterior_eval_prefix_over_stepwise"] = (f["fsvae_posterior_eval_prefix"][stat]
+                                                                   / f["fsvae_posterior_eval_stepwise"][stat])
+            ratios["fsvae_generation_prefix_over_stepwise"] = (f["fsvae_sample_prefix"][stat]
+                                                               / f["fsvae_prior_generate_stepwise"][stat])
+        record["ratios" if stat == "median_s" else "ratios_min"] = ratios
     out = Path(args.out or ROOT / "results" / f"bench_models_{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(record, indent=2))
     os.replace(tmp, out)
-    print(json.dumps(ratios, indent=2))
+    print(json.dumps({"median": record["ratios"], "min": record["ratios_min"]}, indent=2))
     print(f"wrote {out}", file=sys.stderr)
 
 
