@@ -17,7 +17,7 @@ Autoregression and cost. The official code re-runs each MLP on every prefix z_<t
   same random draws in the same order.
 Randomness (the k-index per unit and step, the scheduled-sampling coin, its 1e-3 noise) uses ``generator``.
 """
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
