@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, load_model, save_checkpoint
 from .data import dataset_info, load_dataset, to_unit_range
 from .presets import TRAIN_KEYS, get_preset
 
@@ -212,8 +212,12 @@ def _on_rank0(world: int, rank: int, fn):
 
 
 def _all_sum(values: torch.Tensor, world: int) -> torch.Tensor:
+    """Sum a small CPU tensor over ranks (through the current GPU when the backend is NCCL)."""
     if world > 1:
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        nccl = dist.get_backend() == "nccl"
+        t = values.to(torch.device("cuda", torch.cuda.current_device())) if nccl else values
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        values = t.cpu()
     return values
 
 
@@ -419,17 +423,14 @@ def _fit(config, rank, world, local_rank, on_epoch_end):
                          "processes with drop_last; lower --batch-size or use more images")
 
     # model and optimizer (fresh, or from the run's last checkpoint)
-    ckpt = load_checkpoint(out / "last.pt") if cfg.resume else None
-    if ckpt is not None:
-        saved = ckpt.get("train_config", {})
-        for key in ("dataset", "model"):
-            if saved.get(key) != getattr(cfg, key):
-                raise ValueError(f"{out / 'last.pt'} is a {saved.get('model')}/{saved.get('dataset')} run; "
-                                 f"cannot resume it as {cfg.model}/{cfg.dataset}")
-        from .models import build_model
+    ckpt = None
+    if cfg.resume:
+        model, ckpt = load_model(out / "last.pt", map_location="cpu")  # CheckpointError if unusable
+        saved = ckpt.get("train_config") or {}
+        if (saved.get("dataset"), saved.get("model")) != (cfg.dataset, cfg.model):
+            raise ValueError(f"{out / 'last.pt'} is a {saved.get('model')}/{saved.get('dataset')} run; "
+                             f"cannot resume it as {cfg.model}/{cfg.dataset}")
         model_config = dict(ckpt["config"])
-        model = build_model(model_config)
-        model.load_state_dict(ckpt["model"])
     else:
         torch.manual_seed(cfg.seed)
         model_config, model = build_from_config(cfg)
@@ -622,7 +623,6 @@ def sample_to_file(checkpoint, n: int, out, seed: int = 0, device: str = "auto",
                    nrow: int = 8, force: bool = False) -> dict:
     """Generate `n` images with `model.sample`; write a PNG grid (`.png`) or the tensor `[n, C, H, W]` in
     [-1, 1] (`.pt`). Draws come from one generator seeded with `seed`, so a repeat gives the same images."""
-    from .checkpoint import load_model
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be >= 1, got {n}, {batch_size}")
     out = _output_path(out, (".png", ".pt"), force)
@@ -647,7 +647,6 @@ def reconstruct_to_file(checkpoint, out, n: int = 32, dataset: Optional[str] = N
                         force: bool = False) -> dict:
     """PNG of the first `n` images of a split (rows of originals) above their reconstructions; also
     returns their per-image mean MSE."""
-    from .checkpoint import load_model
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     out = _output_path(out, (".png",), force)
