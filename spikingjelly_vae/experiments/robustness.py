@@ -214,8 +214,9 @@ def plot_examples(result: Dict, label: str, path) -> None:
             ax.set_yticks([])
             if c == 0:
                 ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
-    fig.suptitle(f"{label}: {KIND_TITLES[result['kind']]}", fontsize=10)
-    fig.subplots_adjust(wspace=0.05, hspace=0.05)
+    height = fig.get_size_inches()[1]
+    fig.subplots_adjust(wspace=0.05, hspace=0.05, top=1 - 0.3 / height)
+    fig.suptitle(f"{label}: {KIND_TITLES[result['kind']]}", fontsize=10, y=1 - 0.05 / height)
     save_figure(fig, path)
 
 
