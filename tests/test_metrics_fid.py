@@ -160,3 +160,14 @@ def test_fid_sanity_train_vs_test_small_noise_large(inception, mnist):
 def test_collect_truncates():
     x = collect([torch.zeros(4, 1, 2, 2), torch.ones(4, 1, 2, 2)], num=6)
     assert x.shape[0] == 6 and x[5].sum() == 4
+
+
+@needs_inception
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_features_match_cpu(inception):
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    gpu = load_fid_inception(INCEPTION, "cuda")
+    for mode in ("clean", "fast"):
+        np.testing.assert_allclose(inception_features([x], gpu, mode), inception_features([x], inception, mode),
+                                   rtol=1e-3, atol=1e-3)
