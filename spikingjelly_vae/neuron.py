@@ -76,26 +76,37 @@ class PaperLIFNode(neuron.LIFNode):
         return o
 
     def multi_step_forward(self, x_seq: torch.Tensor, *args, **kwargs):
-        """Spikes ``[T, ...]`` for inputs ``[T, ...]``; the torch path is the reference loop itself."""
-        if not self.store_v_seq and _use_cupy(x_seq, self.backend):
+        """Spikes ``[T, ...]`` for inputs ``[T, ...]``, starting from ``self.v`` and leaving the last
+        membrane in ``self.v`` (gradients flow through it into the next call until ``reset_net``).
+
+        Without ``store_v_seq`` this is ``kernels.lif_multistep`` (the CuPy kernel, or its lean torch loop,
+        bit-identical to the loop below on CPU); ``self.v`` is then float32 (float64 for float64 input).
+        With ``store_v_seq`` the plain autograd loop runs, to keep h per step in ``self.v_seq``.
+        """
+        if not self.store_v_seq:
             from .kernels import lif_multistep
 
-            if isinstance(self.v, torch.Tensor):
-                raise RuntimeError("the CuPy LIF kernel starts from a reset state: call "
-                                   "spikingjelly.activation_based.functional.reset_net(net) between batches")
+            v = self.v
+            if isinstance(v, torch.Tensor) and v.shape == x_seq.shape[1:]:
+                v_init = v
+            elif not isinstance(v, torch.Tensor) and float(v) == self.v_reset:
+                v_init = None
+            else:
+                v_init = self._initial_v(x_seq[0])  # the loop's rule for a float or mismatched state
             sg = self.surrogate_function
-            return lif_multistep(x_seq, decay=self.decay, v_threshold=self.v_threshold, v_reset=self.v_reset,
-                                 centre=sg.centre, half_width=sg.half_width, backend="cupy")
+            spikes, self.v = lif_multistep(
+                x_seq, decay=self.decay, v_threshold=self.v_threshold, v_reset=self.v_reset, centre=sg.centre,
+                half_width=sg.half_width, backend="cupy" if _use_cupy(x_seq, self.backend) else "torch",
+                v_init=v_init, return_v=True)
+            return spikes
         v = self._initial_v(x_seq[0])
         spikes, v_seq = [], []
         for x in x_seq:
             h, o, v = self._step(x, v)
             spikes.append(o)
-            if self.store_v_seq:
-                v_seq.append(h)
+            v_seq.append(h)
         self.v = v
-        if self.store_v_seq:
-            self.v_seq = torch.stack(v_seq)
+        self.v_seq = torch.stack(v_seq)
         return torch.stack(spikes)
 
     def extra_repr(self) -> str:

@@ -113,30 +113,51 @@ def _input(shape, seed, dtype):
     return (torch.randn(shape, generator=g) * 0.4 + 0.12).to(dtype)
 
 
+def _bits(t):
+    return t.view({torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}[t.dtype])
+
+
+def _run_lif(fn, inp, v0, p):
+    a = inp.clone().requires_grad_()
+    v = None if v0 is None else v0.clone().requires_grad_()
+    spikes, v_last = fn.apply(a, v, p)
+    return a, v, spikes, v_last
+
+
 @pytest.mark.parametrize("dtype", list(DTYPE_NAMES))
 @pytest.mark.parametrize("shape", [(16, 1), (16, 3, 100), (1, 5), (7, 2, 2, 3)])
 @pytest.mark.parametrize("setting", [
     dict(decay=0.25, v_threshold=0.2, v_reset=0.0, centre=0.0, half_width=0.5),
     dict(decay=0.6, v_threshold=0.3, v_reset=-0.1, centre=0.25, half_width=0.3)])
 def test_lif_kernel_equals_torch_path_bitwise(emulated, dtype, shape, setting):
+    """Spikes, h, v_last and the gradients into x and v_init, from a reset or a given membrane, with
+    gradients on the spikes, on v_last, or on both (null-pointer paths for the missing ones)."""
     p = klif.LIFParams(**setting)
     x = _input(shape, 1, dtype)
     x_view = _input((shape[1], shape[0], *shape[2:]), 1, dtype).transpose(0, 1)  # non-contiguous too
+    grad, grad_v = _input(shape, 2, dtype), _input(shape[1:], 4, torch.float32)
     for inp in (x, x_view):
-        a, b = inp.clone().requires_grad_(), inp.clone().requires_grad_()
-        out_k, out_t = klif.LIFCuPy.apply(a, p), klif.LIFTorch.apply(b, p)
-        assert out_k.dtype == dtype and torch.equal(out_k, out_t)
-        h_k = klif.cupy_forward(inp, p, keep_h=True)[1]
-        h_t = klif.torch_forward(inp, p, keep_h=True)[1]
-        assert torch.equal(h_k.view(torch.int16 if dtype != torch.float32 else torch.int32),
-                           h_t.view(torch.int16 if dtype != torch.float32 else torch.int32))
-        grad = _input(shape, 2, dtype)
-        out_k.backward(grad)
-        out_t.backward(grad)
-        assert torch.equal(a.grad, b.grad)
-        assert torch.equal(klif.cupy_forward(inp, p, keep_h=False)[0], out_t)  # null h pointer path
+        for v0 in (None, _input(shape[1:], 3, torch.float32)):
+            for used in ("spikes", "v_last", "both"):
+                a_k, v_k, out_k, vl_k = _run_lif(klif.LIFCuPy, inp, v0, p)
+                a_t, v_t, out_t, vl_t = _run_lif(klif.LIFTorch, inp, v0, p)
+                assert out_k.dtype == dtype and torch.equal(out_k, out_t)
+                assert vl_k.dtype == torch.float32 and torch.equal(_bits(vl_k), _bits(vl_t))
+                outs = {"spikes": [0], "v_last": [1], "both": [0, 1]}[used]
+                torch.autograd.backward([(out_k, vl_k)[i] for i in outs], [(grad, grad_v)[i] for i in outs])
+                torch.autograd.backward([(out_t, vl_t)[i] for i in outs], [(grad, grad_v)[i] for i in outs])
+                assert torch.equal(a_k.grad, a_t.grad)
+                if v0 is not None:
+                    assert v_k.grad.dtype == torch.float32 and torch.equal(v_k.grad, v_t.grad)
+            h_k = klif.cupy_forward(inp, p, keep_h=True, v_init=v0)[1]
+            h_t = klif.torch_forward(inp, p, keep_h=True, v_init=v0)[1]
+            assert torch.equal(_bits(h_k), _bits(h_t))
+            # null h and v_last pointers (the no-grad path)
+            s_k, no_h, no_v = klif.cupy_forward(inp, p, keep_h=False, v_init=v0, keep_v=False)
+            assert no_h is None and no_v is None and torch.equal(s_k, out_t)
     n = x[0].numel()
     assert ("lif_forward", (n + BLOCK - 1) // BLOCK) in emulated
+    assert ("lif_backward", (n + BLOCK - 1) // BLOCK) in emulated
 
 
 @pytest.mark.parametrize("dtype", list(DTYPE_NAMES))
@@ -190,5 +211,6 @@ def test_storage_conversions_match_torch(emulators, dtype):
 
 def test_signature_parser():
     sigs = signatures(kernel_source("float"))
-    assert sigs["lif_forward"] == ["ptr", "ptr", "ptr", "long long", "int", "float", "float", "float"]
+    assert sigs["lif_forward"] == ["ptr"] * 5 + ["long long", "int", "float", "float", "float"]
+    assert sigs["lif_backward"] == ["ptr"] * 6 + ["long long", "int"] + ["float"] * 5
     assert sigs["poisson_backward"] == ["ptr", "ptr", "ptr", "long long", "int", "float"]

@@ -178,6 +178,55 @@ def test_paper_lif_node_cupy_equals_torch():
     torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("setting", [dict(), dict(decay=0.5, v_threshold=0.3, v_reset=-0.1, centre=0.3,
+                                                  half_width=0.4)])
+def test_lif_cupy_state_equals_torch_path(dtype, setting):
+    """v_init in, v_last out (float32), gradients into both; and a split sequence equals one call."""
+    shape = (T, 64, 33)
+    x, grad = _input(shape, 13, dtype), _input(shape, 14, dtype)
+    v0, grad_v = _input(shape[1:], 15), _input(shape[1:], 16)
+    leaves = [(x.clone().requires_grad_(), v0.clone().requires_grad_()) for _ in range(2)]
+    outs = [kernels.lif_multistep(a, v_init=v, return_v=True, backend=b, **setting)
+            for (a, v), b in zip(leaves, ("cupy", "torch"))]
+    (s_k, vl_k), (s_t, vl_t) = outs
+    assert "LIFCuPy" in type(s_k.grad_fn).__name__
+    assert torch.equal(s_k, s_t) and vl_k.dtype == torch.float32 and torch.equal(vl_k, vl_t)
+    for s, vl in outs:
+        torch.autograd.backward([s, vl], [grad, grad_v])
+    (a_k, v_k), (a_t, v_t) = leaves
+    diff = max((a_k.grad.float() - a_t.grad.float()).abs().max().item(), (v_k.grad - v_t.grad).abs().max().item())
+    print(f"lif state {dtype} {setting}: max |grad diff| = {diff:.3g}")
+    assert diff <= GRAD_TOL[dtype]
+
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    whole = kernels.lif_multistep(a, backend="cupy", **setting)
+    first, v = kernels.lif_multistep(b[:5], backend="cupy", return_v=True, **setting)
+    split = torch.cat([first, kernels.lif_multistep(b[5:], backend="cupy", v_init=v, **setting)])
+    assert torch.equal(split, whole)
+    whole.backward(grad)
+    split.backward(grad)
+    assert torch.equal(a.grad, b.grad)
+
+
+def test_paper_lif_node_cupy_carries_state_like_torch():
+    """Two calls without reset_net on backend="cupy" (kernel) and "torch" (fused torch loop), and the
+    plain autograd loop (store_v_seq=True): same spikes, final membrane and gradients."""
+    from spikingjelly_vae.neuron import PaperLIFNode
+
+    x, grad = _input((T, 32, 64), 17), _input((T, 32, 64), 18)
+    nodes = [PaperLIFNode(backend="cupy"), PaperLIFNode(backend="torch"), PaperLIFNode(store_v_seq=True)]
+    leaves = [x.clone().requires_grad_() for _ in nodes]
+    outs = [torch.cat([n(a[:7]), n(a[7:])]) for n, a in zip(nodes, leaves)]
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    assert torch.equal(nodes[0].v, nodes[1].v)
+    torch.testing.assert_close(nodes[0].v, nodes[2].v, rtol=0, atol=1e-6)
+    for o in outs:
+        o.backward(grad)
+    for a in leaves[1:]:
+        torch.testing.assert_close(leaves[0].grad, a.grad, rtol=0, atol=1e-6)
+
+
 def test_kernels_compile_once_per_dtype():
     from spikingjelly_vae.kernels import launch
 

@@ -22,28 +22,36 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
 
 
 def lif_multistep(x_seq: torch.Tensor, decay: float = 0.25, v_threshold: float = 0.2, v_reset: float = 0.0,
-                  centre: float = 0.0, half_width: float = 0.5, backend: str = "auto") -> torch.Tensor:
+                  centre: float = 0.0, half_width: float = 0.5, backend: str = "auto",
+                  v_init: Optional[torch.Tensor] = None, return_v: bool = False):
     """Spikes ``[T, ...]`` of the paper's LIF for inputs ``x_seq [T, ...]``, differentiable.
 
     h_t = v_reset + decay (v_{t-1} - v_reset) + x_t, o_t = 1[h_t >= v_threshold],
-    v_t = h_t (1 - o_t) + v_reset o_t (reset not detached), v_{-1} = v_reset;
+    v_t = h_t (1 - o_t) + v_reset o_t (reset not detached), v_{-1} = ``v_init`` (None: v_reset);
     surrogate do/dh = 1[|h - centre| < half_width] / (2 half_width).
+    ``v_init``: a tensor shaped like ``x_seq[0]`` (gradients flow into it). With ``return_v=True`` the
+    result is ``(spikes, v_last)``, v_last = v_{T-1} (differentiable) in float32 (float64 for float64
+    input): pass it as the next call's ``v_init`` to continue the sequence exactly.
     """
-    _lif.check_input(x_seq)
+    _lif.check_input(x_seq, v_init)
     p = _lif.LIFParams(decay, v_threshold, v_reset, centre, half_width, exact=x_seq.dtype == torch.float64)
-    if select_backend(x_seq, backend) == "cupy":
-        if _needs_grad(x_seq):
-            return _lif.LIFCuPy.apply(x_seq, p)
-        return _lif.cupy_forward(x_seq, p, keep_h=False)[0]
-    if _needs_grad(x_seq):
-        return _lif.LIFTorch.apply(x_seq, p)
-    return _lif.torch_forward(x_seq, p, keep_h=False)[0]
+    cupy = select_backend(x_seq, backend) == "cupy"
+    grads = (x_seq,) if v_init is None else (x_seq, v_init)
+    if _needs_grad(*grads):
+        spikes, v_last = (_lif.LIFCuPy if cupy else _lif.LIFTorch).apply(x_seq, v_init, p)
+    elif cupy:
+        spikes, _, v_last = _lif.cupy_forward(x_seq, p, keep_h=False, v_init=v_init, keep_v=return_v)
+    else:
+        spikes, _, v_last = _lif.torch_forward(x_seq, p, keep_h=False, v_init=v_init)
+    return (spikes, v_last) if return_v else spikes
 
 
 def lif_multistep_torch(x_seq: torch.Tensor, decay: float = 0.25, v_threshold: float = 0.2,
-                        v_reset: float = 0.0, centre: float = 0.0, half_width: float = 0.5) -> torch.Tensor:
+                        v_reset: float = 0.0, centre: float = 0.0, half_width: float = 0.5,
+                        v_init: Optional[torch.Tensor] = None, return_v: bool = False):
     """The torch path of :func:`lif_multistep` on any device (what CPU users get)."""
-    return lif_multistep(x_seq, decay, v_threshold, v_reset, centre, half_width, backend="torch")
+    return lif_multistep(x_seq, decay, v_threshold, v_reset, centre, half_width, backend="torch",
+                         v_init=v_init, return_v=return_v)
 
 
 def poisson_sample(rate: torch.Tensor, T: int, half_width: float = 0.5,

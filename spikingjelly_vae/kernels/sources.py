@@ -7,10 +7,14 @@ float32 and written one operation per statement in the order of the torch path (
 ``kernels/poisson.py``); compiled with ``--fmad=false`` the results are bit-identical to it.
 
 LIF (decay d, threshold th, reset value r, surrogate window centre c, half-width w, height 1/(2w)):
-    forward   h_t = (v_{t-1} - r) * d + r + x_t,  s_t = 1[h_t >= th],  v_t = s_t ? r : h_t,  v_{-1} = r
-    backward  gv = g_{t+1} * d (0 after the last step),  m_t = 1[|h_t - c| < w]
+    forward   h_t = (v_{t-1} - r) * d + r + x_t,  s_t = 1[h_t >= th],  v_t = s_t ? r : h_t,
+              v_{-1} = v_init[i] (r for a null pointer); v_last[i] = v_{T-1} unless null
+    backward  gv = g_{t+1} * d, starting from grad_v_last[i] (0 for a null pointer),  m_t = 1[|h_t - c| < w]
               g_t = ((gs_t - gv * (h_t - r)) * m_t) / (2w) + gv * (1 - s_t),   dL/dx_t = g_t
+              (gs_t taken as absent, -(gv * (h_t - r)), for a null grad_spike), and
+              grad_v_init[i] = g_0 * d unless null
               (autograd's grouping for the plain loop, so the torch loop's gradients are matched bit for bit)
+    The membrane state (v_init, v_last, grad_v_last, grad_v_init) is float32 in every storage dtype.
 Poisson (rates r of shape [n], uniform draws u of shape [T, n]):
     forward   z_t = 1[u_t < r],  window_t = 1[|r - u_t| < w]  (stored as uint8)
     backward  dL/dr = (sum_t window_t * gz_t) / (2w)
@@ -93,12 +97,13 @@ __device__ inline unsigned short from_float(float f) {
 
 _KERNELS = r"""
 extern "C" __global__ void lif_forward(
-    const scalar_t* __restrict__ x, scalar_t* __restrict__ spike, scalar_t* __restrict__ h_seq,
+    const scalar_t* __restrict__ x, const float* __restrict__ v_init, scalar_t* __restrict__ spike,
+    scalar_t* __restrict__ h_seq, float* __restrict__ v_last,
     const long long n, const int steps, const float decay, const float v_threshold, const float v_reset)
 {
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    float v = v_reset;
+    float v = (v_init != 0) ? v_init[i] : v_reset;
     for (int t = 0; t < steps; ++t) {
         const long long k = (long long)t * n + i;
         float h = v - v_reset;
@@ -110,17 +115,18 @@ extern "C" __global__ void lif_forward(
         if (h_seq != 0) h_seq[k] = from_float(h);
         v = fire ? v_reset : h;
     }
+    if (v_last != 0) v_last[i] = v;
 }
 
 extern "C" __global__ void lif_backward(
     const scalar_t* __restrict__ grad_spike, const scalar_t* __restrict__ spike,
-    const scalar_t* __restrict__ h_seq, scalar_t* __restrict__ grad_x,
-    const long long n, const int steps, const float decay, const float v_reset,
-    const float centre, const float half_width, const float two_w)
+    const scalar_t* __restrict__ h_seq, const float* __restrict__ grad_v_last, scalar_t* __restrict__ grad_x,
+    float* __restrict__ grad_v_init, const long long n, const int steps, const float decay,
+    const float v_reset, const float centre, const float half_width, const float two_w)
 {
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    float grad_v = 0.0f;
+    float grad_v = (grad_v_last != 0) ? grad_v_last[i] : 0.0f;
     for (int t = steps - 1; t >= 0; --t) {
         const long long k = (long long)t * n + i;
         const float h = to_float(h_seq[k]);
@@ -129,7 +135,7 @@ extern "C" __global__ void lif_backward(
         const float mask = (d < half_width && d > -half_width) ? 1.0f : 0.0f;
         float go = h - v_reset;
         go = go * grad_v;
-        go = to_float(grad_spike[k]) - go;
+        go = (grad_spike != 0) ? to_float(grad_spike[k]) - go : -go;
         go = go * mask;
         go = go / two_w;
         float keep = 1.0f - s;
@@ -138,6 +144,7 @@ extern "C" __global__ void lif_backward(
         grad_x[k] = from_float(g);
         grad_v = g * decay;
     }
+    if (grad_v_init != 0) grad_v_init[i] = grad_v;
 }
 
 extern "C" __global__ void poisson_forward(
