@@ -12,7 +12,8 @@ from spikingjelly_vae.checkpoint import save_checkpoint
 from spikingjelly_vae.cli import main
 
 SHARED = Path(os.environ.get("SJVAE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-pytestmark = pytest.mark.skipif(not (SHARED / "MNIST").is_dir(), reason="shared MNIST not found")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (SHARED / "MNIST").is_dir(), reason="shared MNIST not found")]
 
 
 @pytest.fixture(scope="session")
