@@ -17,6 +17,12 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, or not one of ours."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(path, state: Dict[str, Any]) -> Path:
     """Write ``state`` (with ``version`` added) to ``path`` via a temp file in the same folder + rename.
 
@@ -31,6 +37,7 @@ def save_checkpoint(path, state: Dict[str, Any]) -> Path:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
