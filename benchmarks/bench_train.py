@@ -4,7 +4,7 @@ One step is `train.train_step` exactly as `sjvae train` runs it: forward with a 
 (MSE + 0.001 RBF-MMD^2), finiteness check, backward, AdamW update (bottleneck at 10x lr), on synthetic
 images in [-1, 1] (the data pipeline is not timed). Each (device, batch) runs in a fresh process so its
 peak memory is its own: on CUDA `max_memory_allocated` over the timed steps, on CPU the growth of the
-peak RSS (ru_maxrss) from just before the first step.
+peak RSS (ru_maxrss) from just before the first (warm-up) step, i.e. what training adds to the model.
 
     python benchmarks/bench_train.py                                # CPU, and CUDA when present
     python benchmarks/bench_train.py --devices cpu --batches 64 --steps 2 --threads 2
@@ -61,13 +61,13 @@ def run_one(device_name: str, batch: int, opts: dict) -> dict:
     scaler = torch.amp.GradScaler("cuda", enabled=opts["amp"] == "fp16")
     x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(1)).mul(2).sub(1).to(device)
     gen = torch.Generator(device=device).manual_seed(2)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     for _ in range(opts["warmup"]):
         train_step(model, model, optimizer, scaler, x, gen, opts["amp"])
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     times = []
     for _ in range(opts["steps"]):
         t = time.perf_counter()

@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
 
-from .checkpoint import load_checkpoint, load_model, save_checkpoint
+from .checkpoint import load_model, save_checkpoint
 from .data import dataset_info, load_dataset, to_unit_range
 from .presets import TRAIN_KEYS, get_preset
 
@@ -527,9 +527,8 @@ def _fit(config, rank, world, local_rank, on_epoch_end):
             train = _all_sum(torch.tensor([seen] + [float(sums[k]) for k in keys], dtype=torch.float64), world)
             train_images += int(train[0])
             train_seconds += epoch_seconds
-            test_sums = evaluate_loader(model, test_loader, device,
-                                        torch.Generator(device=device).manual_seed(_derived_seed(cfg.seed, epoch, rank, "test")),
-                                        cfg.amp)
+            test_gen = torch.Generator(device=device).manual_seed(_derived_seed(cfg.seed, epoch, rank, "test"))
+            test_sums = evaluate_loader(model, test_loader, device, test_gen, cfg.amp)
             tkeys = sorted(k for k in test_sums if k != "count")
             test = _all_sum(torch.tensor([test_sums.get("count", 0.0)] + [test_sums.get(k, 0.0) for k in tkeys],
                                          dtype=torch.float64), world)
@@ -683,7 +682,8 @@ def model_summary(model, device="cpu", checkpoint: Optional[dict] = None) -> dic
     backend = cfg.get("backend", "auto")
     try:
         from .kernels import select_backend
-        chosen = select_backend(torch.empty(1, device=device), backend) if "backend" in cfg else "n/a (no spiking layers)"
+        chosen = (select_backend(torch.empty(1, device=device), backend) if "backend" in cfg
+                  else "n/a (no spiking layers)")
     except Exception as err:  # kernels unavailable: report why rather than fail the summary
         chosen = f"unknown ({type(err).__name__}: {err})"
     res = {"model": cfg.get("model", type(model).__name__), "class": type(model).__name__, "config": cfg,

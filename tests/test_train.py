@@ -227,8 +227,9 @@ def test_model_agnostic_hooks(tmp_path, monkeypatch):
     monkeypatch.setitem(models.MODELS, "tiny-test", lambda **kw: made.append(_TinyVAE(**kw)) or made[-1])
     monkeypatch.setitem(presets.PRESETS, ("tiny-test", "mnist"), {
         "batch_size": 16, "lr": 1e-3, "epochs": 2, "weight_decay": 0.0, "drop_last": True, "model": {"latent_dim": 4}})
-    res = train.fit(train.TrainConfig(dataset="mnist", model="tiny-test", data_root=str(SHARED), out=str(tmp_path / "r"),
-                                      train_subset=40, test_subset=8, grid_images=4, tensorboard=False, progress=False))
+    res = train.fit(train.TrainConfig(dataset="mnist", model="tiny-test", data_root=str(SHARED),
+                                      out=str(tmp_path / "r"), train_subset=40, test_subset=8, grid_images=4,
+                                      tensorboard=False, progress=False))
     assert made[0].epochs_seen == [(0, 2), (1, 2)] and made[0].num_batches == 2  # 40 // 16 with drop_last
     assert res["steps"] == 4 and set(res["metrics"]) >= {"train_loss", "test_recon", "test_mse"}
     with pytest.raises(ValueError, match="no bottleneck learning rate"):
@@ -269,8 +270,9 @@ def test_ddp_two_processes_gloo(tmp_path):
     assert len(_rows(out / "log.csv")) == 1
     # 64 images / (2 ranks x 8) = 4 steps per rank; both ranks see the same all-reduced metrics
     assert r0["results"]["steps"] == r1["results"]["steps"] == 4
-    assert r0["results"]["metrics"] == {**r1["results"]["metrics"], "epoch_seconds": r0["results"]["metrics"]["epoch_seconds"],
-                                        "images_per_s": r0["results"]["metrics"]["images_per_s"]}
+    timing = ("epoch_seconds", "images_per_s")  # per-rank wall time; everything else is all-reduced
+    assert {k: v for k, v in r0["results"]["metrics"].items() if k not in timing} == \
+        {k: v for k, v in r1["results"]["metrics"].items() if k not in timing}
     assert r0["results"]["metrics"]["test_images"] == 32 and r0["results"]["world_size"] == 2
     assert load_checkpoint(out / "last.pt")["world_size"] == 2
 
