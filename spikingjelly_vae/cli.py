@@ -76,6 +76,9 @@ def _model_opts(ctx, param, values):
 @click.option("--grid-every", type=click.IntRange(0), default=1, show_default=True,
               help="Write reconstruction and sample PNG grids every N epochs and after the last (0: last only).")
 @click.option("--grid-images", type=click.IntRange(1), default=64, show_default=True, help="Images per grid.")
+@click.option("--keep-every", type=click.IntRange(0), default=0, show_default=True,
+              help="Also keep <out>/checkpoints/epochNNNN.pt every N epochs, for `sjvae analyze --history` "
+                   "(0: only last.pt and best.pt).")
 @click.option("--seed", type=int, default=42, show_default=True,
               help="Seed of initialisation, shuffling, augmentation and latent sampling (re-derived per epoch).")
 @click.option("--device", default="auto", show_default=True, help=_DEVICE_HELP)

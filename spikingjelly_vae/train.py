@@ -44,7 +44,7 @@ __all__ = ["TrainConfig", "NonFiniteLossError", "fit", "train_step", "evaluate_l
            "resolve_device", "save_recon_grid", "save_sample_grid", "RUN_FILES"]
 
 AMP_MODES = ("off", "bf16", "fp16")
-RUN_FILES = ("last.pt", "best.pt", "log.csv", "train_config.json", "images", "tb")
+RUN_FILES = ("last.pt", "best.pt", "log.csv", "train_config.json", "images", "tb", "checkpoints")
 
 
 class NonFiniteLossError(ValueError):
@@ -77,6 +77,7 @@ class TrainConfig:
     test_subset: Optional[int] = None         # evaluate on the first this many test images
     grid_every: int = 1                       # image grids every N epochs and after the last (0: last only)
     grid_images: int = 64
+    keep_every: int = 0                       # also keep checkpoints/epochNNNN.pt every N epochs (0: never)
     # machinery
     seed: int = 42
     device: str = "auto"                      # auto | cpu | cuda | cuda:N
@@ -122,6 +123,8 @@ class TrainConfig:
         for key in ("max_steps", "train_subset", "test_subset"):
             if getattr(cfg, key) is not None:
                 _check_positive(cfg, (key,), int)
+        if cfg.keep_every < 0:
+            raise ValueError("keep_every must be >= 0")
         if cfg.weight_decay < 0 or cfg.grid_every < 0 or (cfg.num_workers is not None and cfg.num_workers < 0):
             raise ValueError("weight_decay, grid_every and num_workers must be >= 0")
         if cfg.amp not in AMP_MODES:
@@ -583,6 +586,8 @@ def _write_epoch(cfg, out, model, model_config, optimizer, scaler, epoch, step, 
     save_checkpoint(out / "last.pt", state)
     if improved:
         save_checkpoint(out / "best.pt", state)
+    if cfg.keep_every and (epoch + 1) % cfg.keep_every == 0:  # the history of a run (Fig. 7 of the paper)
+        save_checkpoint(out / "checkpoints" / f"epoch{epoch + 1:04d}.pt", state)
     csv_log.write(metrics)
     if writer is not None:
         for key, value in metrics.items():

@@ -84,6 +84,15 @@ def test_max_steps_and_grid_every(tmp_path):
         "recon_epoch0002.png", "samples_epoch0002.png"]
 
 
+def test_keep_every_keeps_the_run_history(tmp_path):
+    train.fit(tiny(tmp_path / "r", epochs=3, keep_every=2, grid_every=0))
+    kept = sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir())
+    assert kept == ["epoch0002.pt"]
+    assert load_checkpoint(tmp_path / "r" / "checkpoints" / "epoch0002.pt")["epoch"] == 2
+    with pytest.raises(ValueError, match="keep_every"):
+        train.fit(tiny(tmp_path / "s", keep_every=-1))
+
+
 def test_existing_run_needs_resume_or_force(tmp_path):
     out = tmp_path / "run"
     train.fit(tiny(out, epochs=1))
