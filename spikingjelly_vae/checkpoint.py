@@ -3,47 +3,26 @@
 Layout: ``{"model": state_dict, "optimizer": state_dict | None, "epoch": int, "config": dict,
 "metrics": dict, "version": str, ...}``. ``config`` rebuilds the model through ``models.build_model``.
 """
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 
 from . import __version__
+from .atomic import atomic_write
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, or not one of ours."""
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_checkpoint(path, state: Dict[str, Any]) -> Path:
-    """Write ``state`` (with ``version`` added) to ``path`` via a temp file in the same folder + rename.
+    """Write ``state`` (with ``version`` added) to ``path`` atomically (temp file + rename).
 
     A crash mid-write leaves the previous file untouched.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {**state, "version": __version__}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:

@@ -13,9 +13,10 @@ import csv
 import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
+
+from .atomic import atomic_write_text
 
 __all__ = ["PUBLISHED", "PUBLISHED_SOURCES", "METRIC_COLUMNS", "load_result", "measured_row", "published_rows",
            "build_table", "format_table", "compare"]
@@ -275,9 +276,6 @@ def compare(paths: Iterable, protocol: str = "reference", which: str = "best", e
     rows = build_table(results, all_published)
     table = format_table(rows, fmt)
     if output is not None:
-        output = Path(output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_name(f".{output.name}.tmp")
-        tmp.write_text(json.dumps({"rows": rows, "protocol": protocol, "columns": dict(METRIC_COLUMNS)}, indent=2))
-        os.replace(tmp, output)
+        output = atomic_write_text(output, json.dumps(
+            {"rows": rows, "protocol": protocol, "columns": dict(METRIC_COLUMNS)}, indent=2))
     return {"rows": rows, "table": table, "output": None if output is None else str(output)}

@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
 
+from .atomic import atomic_write, atomic_write_text
 from .checkpoint import load_model, save_checkpoint
 from .data import dataset_info, load_dataset, to_unit_range
 from .presets import TRAIN_KEYS, get_preset
@@ -253,12 +254,6 @@ def _prepare_out(cfg: TrainConfig) -> Path:
     return out
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class _CsvLog:
     """log.csv, one row per epoch; on resume, rows after the checkpoint's epoch are dropped."""
 
@@ -270,7 +265,7 @@ class _CsvLog:
                 self.fields = reader.fieldnames
                 rows = [r for r in reader if keep_through_epoch is not None and int(r["epoch"]) <= keep_through_epoch]
             buf = [",".join(self.fields)] + [",".join(r[k] for k in self.fields) for r in rows]
-            _write_text_atomic(path, "\n".join(buf) + "\n")
+            atomic_write_text(path, "\n".join(buf) + "\n")
 
     def write(self, row: dict) -> None:
         new = self.fields is None
@@ -479,7 +474,7 @@ def _fit(config, rank, world, local_rank, on_epoch_end):
     # files (rank 0)
     csv_log = writer = None
     if is_main:
-        _write_text_atomic(out / "train_config.json", json.dumps(
+        atomic_write_text(out / "train_config.json", json.dumps(
             {"train_config": cfg.to_dict(), "model_config": model_config, "world_size": world}, indent=2) + "\n")
         csv_log = _CsvLog(out / "log.csv", keep_through_epoch=start_epoch if cfg.resume else None)
         writer = _tensorboard(out, cfg.tensorboard)
@@ -612,17 +607,6 @@ def _output_path(out, suffixes, force: bool) -> Path:
     return out
 
 
-def _replace_atomic(out: Path, write: Callable[[Path], None]) -> Path:
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return out
-
-
 def sample_to_file(checkpoint, n: int, out, seed: int = 0, device: str = "auto", batch_size: int = 256,
                    nrow: int = 8, force: bool = False) -> dict:
     """Generate `n` images with `model.sample`; write a PNG grid (`.png`) or the tensor `[n, C, H, W]` in
@@ -638,10 +622,10 @@ def sample_to_file(checkpoint, n: int, out, seed: int = 0, device: str = "auto",
         images = torch.cat([model.sample(min(batch_size, n - i), generator=gen).float().cpu()
                             for i in range(0, n, batch_size)])
     if out.suffix.lower() == ".pt":
-        _replace_atomic(out, lambda p: torch.save(images, p))
+        atomic_write(out, lambda p: torch.save(images, p))
     else:
         from torchvision.utils import save_image
-        _replace_atomic(out, lambda p: save_image(to_unit_range(images), str(p), nrow=nrow, padding=2, pad_value=1.0))
+        atomic_write(out, lambda p: save_image(to_unit_range(images), str(p), nrow=nrow, padding=2, pad_value=1.0))
     return {"out": str(out), "n": n, "shape": list(images.shape), "model": model.config.get("model"),
             "epoch": ckpt.get("epoch"), "seed": seed, "device": str(dev)}
 
@@ -667,7 +651,7 @@ def reconstruct_to_file(checkpoint, out, n: int = 32, dataset: Optional[str] = N
     data = load_dataset(dataset, split, data_root, cache_dir, augment=False)
     x = torch.stack([data[i][0] for i in range(min(n, len(data)))]).to(dev)
     gen = torch.Generator(device=dev).manual_seed(seed)
-    _replace_atomic(out, lambda p: save_recon_grid(model, x, p, torch.Generator(device=dev).manual_seed(seed), nrow))
+    atomic_write(out, lambda p: save_recon_grid(model, x, p, torch.Generator(device=dev).manual_seed(seed), nrow))
     with torch.no_grad():
         model.eval()
         mse = (model(x, generator=gen)[0].double() - x.double()).pow(2).flatten(1).mean(1).mean().item()

@@ -5,16 +5,16 @@ import csv
 import hashlib
 import io
 import json
-import os
 import platform
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Subset
+
+from ..atomic import atomic_write_bytes
 
 # Where a checkpoint may record its dataset (train.py's layout is not fixed here; the first hit wins).
 _DATASET_KEYS = (("dataset",), ("config", "dataset"), ("args", "dataset"), ("train_config", "dataset"),
@@ -132,31 +132,9 @@ def safe_name(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_json(path, obj) -> Path:
     """Write ``obj`` as indented JSON via a temp file + rename."""
-    return _atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_jsonable) + "\n").encode())
+    return atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_jsonable) + "\n").encode())
 
 
 def write_csv(path, rows: Iterable[dict], fieldnames: Sequence[str]) -> Path:
@@ -166,7 +144,7 @@ def write_csv(path, rows: Iterable[dict], fieldnames: Sequence[str]) -> Path:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    return _atomic_write_bytes(path, buf.getvalue().encode())
+    return atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def save_figure(fig, path, dpi: int = 150) -> Path:
@@ -176,7 +154,7 @@ def save_figure(fig, path, dpi: int = 150) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
-    return _atomic_write_bytes(path, buf.getvalue())
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def pyplot():

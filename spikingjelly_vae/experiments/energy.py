@@ -14,7 +14,6 @@ Spiking layers (SpikingJelly neurons, PoissonLatent): firing rate = mean of thei
 from __future__ import annotations
 
 from collections import OrderedDict
-from contextlib import contextmanager
 from typing import Callable, Dict, List
 
 import torch

@@ -4,6 +4,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from spikingjelly.activation_based import functional as sj_functional
+
 from ..layer import MembraneOutputLayer, TemporalConv2d, TemporalConvTranspose2d, TemporalLinear
 
 HIDDEN = {32: (32, 64, 128, 256), 64: (32, 64, 128, 256, 512)}
@@ -54,3 +56,28 @@ class SpikingDecoder(nn.Module):
         h = self.decoder_input(z)
         h = h.unflatten(2, (self.top, 2, 2))
         return self.readout(self.to_image(self.deconvs(h)))
+
+
+class SpikingBackbone(nn.Module):
+    """encode / decode of the ESVAE and FSVAE backbone (direct input encoding, spiking encoder and decoder).
+
+    Subclasses set ``in_channels``, ``image_size``, ``latent_dim``, ``T``, ``encoder`` and ``decoder``.
+    """
+
+    def encode(self, x: torch.Tensor):
+        """Return the encoder spikes x_e ``[T, N, L]`` and their firing rate (the posterior rate) ``[N, L]``.
+
+        Direct encoding: the analog image is the input at every step (a stride-0 view, so the first conv
+        runs once; see layer._TemporalBlock).
+        """
+        check_images(x, self.in_channels, self.image_size)
+        sj_functional.reset_net(self)
+        x_e = self.encoder(x.unsqueeze(0).expand(self.T, *x.shape))
+        return x_e, x_e.mean(0)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent spikes ``[T, N, L]`` -> images ``[N, C, H, W]`` in (-1, 1)."""
+        if z.dim() != 3 or z.shape[2] != self.latent_dim:
+            raise ValueError(f"expected latent spikes [T, N, {self.latent_dim}], got {tuple(z.shape)}")
+        sj_functional.reset_net(self.decoder)
+        return self.decoder(z)

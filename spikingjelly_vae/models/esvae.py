@@ -9,15 +9,14 @@ from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
-from spikingjelly.activation_based import functional as sj_functional
 from torch import nn
 
 from ..functional import rbf_mmd
 from ..neuron import PoissonLatent
-from .backbone import HIDDEN, SpikingDecoder, SpikingEncoder, check_images
+from .backbone import HIDDEN, SpikingBackbone, SpikingDecoder, SpikingEncoder
 
 
-class ESVAE(nn.Module):
+class ESVAE(SpikingBackbone):
     """ESVAE for 32x32 images (MNIST, Fashion-MNIST: 1 channel; CIFAR-10: 3); ``image_size=64`` is ESVAELarge.
 
     ``forward(x)`` returns ``(reconstruction, posterior_rate, prior_rate)``.
@@ -42,24 +41,6 @@ class ESVAE(nn.Module):
         self.latent = PoissonLatent(T=T, half_width=half_width, backend=backend)
         self.prior_layer = nn.Linear(latent_dim, latent_dim)  # the "bottleneck" (reference: sample_layer)
         self.decoder = SpikingDecoder(in_channels, latent_dim, hidden, backend)
-
-    def _direct_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Direct encoding: the analog image repeated at every step, as a stride-0 view ``[T, N, C, H, W]``."""
-        check_images(x, self.in_channels, self.image_size)
-        return x.unsqueeze(0).expand(self.T, *x.shape)
-
-    def encode(self, x: torch.Tensor):
-        """Return the encoder spikes x_e ``[T, N, L]`` and the posterior rate ``[N, L]``."""
-        sj_functional.reset_net(self)
-        x_e = self.encoder(self._direct_input(x))
-        return x_e, x_e.mean(0)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent spikes ``[T, N, L]`` -> images ``[N, C, H, W]`` in (-1, 1)."""
-        if z.dim() != 3 or z.shape[2] != self.latent_dim:
-            raise ValueError(f"expected latent spikes [T, N, {self.latent_dim}], got {tuple(z.shape)}")
-        sj_functional.reset_net(self.decoder)
-        return self.decoder(z)
 
     def prior_rate(self, n: int, generator: Optional[torch.Generator] = None,
                    device: Optional[torch.device] = None) -> torch.Tensor:

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..functional import psp
 from ..layer import TemporalLinear
-from .backbone import HIDDEN, SpikingDecoder, SpikingEncoder, check_images
+from .backbone import HIDDEN, SpikingBackbone, SpikingDecoder, SpikingEncoder
 
 SCHEDULE_START, SCHEDULE_END, SCHEDULE_FIRST_STEP = 0.1, 0.3, 5
 KLD_WEIGHT, KLD_EPS = 1e-4, 1e-2
@@ -158,10 +158,11 @@ class BernoulliPrior(nn.Module):
         return torch.stack(zs)
 
 
-class FSVAE(nn.Module):
+class FSVAE(SpikingBackbone):
     """FSVAE for 32x32 images (MNIST, Fashion-MNIST: 1 channel; CIFAR-10: 3); ``image_size=64`` is FSVAELarge.
 
-    ``forward(x)`` returns ``(reconstruction, q_z [T,N,L,k], p_z [T,N,L,k], z [T,N,L])``.
+    ``forward(x)`` returns ``(reconstruction, q_z [T,N,L,k], p_z [T,N,L,k], z [T,N,L])``; ``encode(x)`` gives the
+    encoder spikes x_e and their firing rate, before the posterior network (the input of the Table III probe).
     ``set_epoch(epoch, max_epochs)`` sets the scheduled-sampling probability p = 0.1 + 0.2 * epoch / max_epochs
     (0.1 until it is called).
     """
@@ -197,20 +198,6 @@ class FSVAE(nn.Module):
             raise ValueError(f"need epoch >= 0 and max_epochs >= 1, got {epoch}, {max_epochs}")
         self.sampling_prob = SCHEDULE_START + (SCHEDULE_END - SCHEDULE_START) * epoch / max_epochs
         return self.sampling_prob
-
-    def encode(self, x: torch.Tensor):
-        """Return the encoder spikes x_e ``[T, N, L]`` (before the posterior MLP) and their firing rate ``[N, L]``."""
-        check_images(x, self.in_channels, self.image_size)
-        sj_functional.reset_net(self)
-        x_e = self.encoder(x.unsqueeze(0).expand(self.T, *x.shape))
-        return x_e, x_e.mean(0)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent spikes ``[T, N, L]`` -> images ``[N, C, H, W]`` in (-1, 1)."""
-        if z.dim() != 3 or z.shape[2] != self.latent_dim:
-            raise ValueError(f"expected latent spikes [T, N, {self.latent_dim}], got {tuple(z.shape)}")
-        sj_functional.reset_net(self.decoder)
-        return self.decoder(z)
 
     def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None):
         x_e, _ = self.encode(x)
