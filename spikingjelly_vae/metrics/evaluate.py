@@ -9,13 +9,13 @@ A metric whose weights are missing is reported as unavailable with the reason, n
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_write_text
 from .fad import compute_fad, load_fad_model
 from .fid import compute_fid, fid_reference_stats, load_fid_inception
 from .inception_score import compute_inception_score, load_is_inception
@@ -165,9 +165,4 @@ def format_table(res: dict) -> str:
 
 def write_json(res: dict, path) -> Path:
     """Write the result dict as JSON (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(res, indent=2, default=str))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(res, indent=2, default=str))

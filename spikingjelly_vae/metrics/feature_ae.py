@@ -12,8 +12,6 @@ order, batch 256. Files: `<out>/{dataset}_{latent}.pth` (a plain state_dict, the
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,23 +19,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from ..atomic import atomic_write, atomic_write_text
 from ..models.autoencoder import build_feature_ae
 from .fad import OFFICIAL_LATENT, STATS_BATCH, ae_features, our_ae_paths
 from .frechet import gaussian_stats
 from .resources import save_npz_atomic, sha256_file
 
 __all__ = ["train_feature_ae"]
-
-
-def _save_state_atomic(state: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def train_feature_ae(dataset: str, root=None, out_dir=None, cache_dir=None, epochs: int = 150,
@@ -91,7 +79,8 @@ def train_feature_ae(dataset: str, root=None, out_dir=None, cache_dir=None, epoc
         history.append({"epoch": epoch, "train_loss": train_loss, "test_loss": test_loss})
         if test_loss < best:
             best, best_epoch = test_loss, epoch
-            _save_state_atomic({k: v.detach().cpu() for k, v in ae.state_dict().items()}, ckpt_path)
+            state = {k: v.detach().cpu() for k, v in ae.state_dict().items()}
+            atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))
         if progress:
             log(f"fad-ae {dataset} epoch {epoch + 1}/{epochs}: train {train_loss:.5f} test {test_loss:.5f}"
                 f"{' (best)' if best_epoch == epoch else ''}")
@@ -109,7 +98,5 @@ def train_feature_ae(dataset: str, root=None, out_dir=None, cache_dir=None, epoc
             "best_epoch": best_epoch, "best_test_loss": best, "history": history,
             "train_images": len(train), "test_images": len(test), "seconds": time.time() - t0,
             "checkpoint": str(ckpt_path), "checkpoint_sha256": proto["ae_sha256"], "stats": str(stats_path)}
-    tmp = meta_path.with_name(meta_path.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, meta_path)
+    atomic_write_text(meta_path, json.dumps(meta, indent=2))
     return meta

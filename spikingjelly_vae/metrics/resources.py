@@ -8,10 +8,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic import atomic_write
 
 __all__ = ["MetricUnavailable", "resolve_file", "sha256_file", "save_npz_atomic", "protocol_key",
            "default_cache_dir"]
@@ -64,17 +65,7 @@ def protocol_key(protocol: dict) -> str:
 
 def save_npz_atomic(path, **arrays) -> Path:
     """np.savez to a temp file in the same folder, then rename (a crash never leaves half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.npz", dir=path.parent)
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
 
 
 def default_cache_dir(cache_dir=None) -> Path:
