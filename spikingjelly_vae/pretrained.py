@@ -19,7 +19,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from .atomic import atomic_write
+from .atomic import atomic_write, atomic_write_text
 
 __all__ = ["PretrainedEntry", "PretrainedError", "REGISTRY", "WEIGHTS_DIR", "status", "get_entry",
            "load_pretrained", "register_pretrained", "export_weights"]
@@ -144,11 +144,39 @@ def export_weights(run_dir, *, name: str, dtype: str = "fp32", weights_dir=None)
         metrics["mse_batch_mean"] = evaluation["metrics"]["mse"].get("mse_batch_mean")
     metrics.update({f"{k}_unavailable": why for k, why in evaluation.get("unavailable", {}).items()})
     info = ckpt.get("train_config") or {}
-    calls = json.loads((run_dir / STATE_FILE).read_text()).get("calls", [])  # the commits that trained it
-    return PretrainedEntry(
+    state = json.loads((run_dir / STATE_FILE).read_text())
+    calls = state.get("calls", [])  # the commits that trained it
+    entry = PretrainedEntry(
         name=name, model=ckpt["config"]["model"], dataset=ckpt.get("dataset") or info.get("dataset"),
         status="available", epochs_total=st["epochs_total"], epochs_reached=st["epochs_done"],
         config=dict(ckpt["config"]), file=str(out) if weights_dir else out.name, sha256=_sha256(out), dtype=dtype,
         metrics=metrics, commit=", ".join(dict.fromkeys(c.get("commit") or "?" for c in calls)) or git_commit(),
         command=f"sjvae reproduce --dataset {info.get('dataset')} --models {ckpt['config']['model']} "
                 f"--out {run_dir.parent.parent}")
+    state["shipped"] = {"name": name, "epoch": st["epochs_done"], "sha256": entry.sha256, "dtype": dtype}
+    atomic_write_text(run_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")  # last.pt may go now
+    return entry
+
+
+def main(argv=None) -> None:
+    """`python -m spikingjelly_vae.pretrained list` | `export RUN_DIR NAME [--fp16] [--weights-dir DIR]`."""
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m spikingjelly_vae.pretrained", description=main.__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="names, status, epochs and metrics")
+    ex = sub.add_parser("export", help="write a finished schedule's weights and print its registry entry")
+    ex.add_argument("run_dir")
+    ex.add_argument("name")
+    ex.add_argument("--fp16", action="store_true", help="store float16 tensors (half the size)")
+    ex.add_argument("--weights-dir", default=None, help=f"default: {WEIGHTS_DIR}")
+    args = p.parse_args(argv)
+    if args.command == "list":
+        print(json.dumps(status(), indent=2))
+        return
+    entry = export_weights(args.run_dir, name=args.name, dtype="fp16" if args.fp16 else "fp32",
+                           weights_dir=args.weights_dir)
+    print(json.dumps(entry.to_dict(), indent=2))
+
+
+if __name__ == "__main__":
+    main()

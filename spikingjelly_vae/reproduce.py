@@ -101,10 +101,12 @@ def _write_state(run_dir: Path, state: dict) -> None:
 
 
 def _checkpoint_epoch(run_dir: Path) -> int:
-    """The epoch of last.pt (0 when there is none)."""
+    """The epoch of last.pt; for a schedule whose weights were shipped (`pretrained.export_weights`, then
+    last.pt deleted), the epoch recorded then; else 0."""
     from .checkpoint import load_checkpoint
     if not (run_dir / "last.pt").is_file():
-        return 0
+        shipped = (_read_state(run_dir) or {}).get("shipped")
+        return int(shipped["epoch"]) if shipped else 0
     return int(load_checkpoint(run_dir / "last.pt").get("epoch", 0))
 
 
@@ -243,6 +245,9 @@ def _finish(run_dir: Path, state: dict, *, dataset: str, options: dict, reevalua
     """Evaluate a complete schedule once (or again with `reevaluate`); the result goes into the state."""
     if state.get("evaluated") and (run_dir / EVAL_FILE).is_file() and not reevaluate:
         return
+    if not (run_dir / "last.pt").is_file():
+        raise ValueError(f"{run_dir} has no last.pt to evaluate: its weights were shipped as pretrained "
+                         f"{state.get('shipped', {}).get('name')!r}; evaluate those with `sjvae evaluate`")
     t = time.time()
     _evaluate(run_dir, state, dataset=dataset, options=options, log=log)
     robustness = (_robustness(run_dir, dataset=dataset, options=options, log=log)
@@ -284,8 +289,8 @@ def write_table(folder, *, models: Iterable[str], options: dict) -> dict:
             results.append(load_result(run_dir / EVAL_FILE))
     rows = build_table(results, datasets=[dataset])
     md = format_table(rows, "markdown")
-    lines = [f"- {m}: " + ("not started" if st is None else _status_line(m, st, "evaluated" if st["evaluated"]
-                                                                       else "")) for m, st in progress.items()]
+    lines = [f"- {m}: not started" if st is None else f"- {_status_line(m, st, 'evaluated' if st['evaluated'] else '')}"
+             for m, st in progress.items()]
     table = {"dataset": dataset, "rows": rows, "progress": progress,
              "provenance": _provenance(folder, models, options)}
     atomic_write_text(folder / "table1.json", json.dumps(table, indent=2, default=str) + "\n")

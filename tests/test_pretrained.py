@@ -78,3 +78,24 @@ def test_export_refuses_unfinished_schedules(tmp_path):
     with pytest.raises(ValueError, match="needs file, sha256"):
         pt.register_pretrained(pt.PretrainedEntry(name="x", model="esvae", dataset="mnist", status="available",
                                                   epochs_total=1))
+
+
+def test_shipped_schedule_stays_complete_without_last_pt(finished_run, tmp_path):
+    import shutil
+    run_dir = tmp_path / "table1" / "mnist" / "esvae"
+    shutil.copytree(finished_run, run_dir)
+    pt.export_weights(run_dir, name="test-shipped", weights_dir=tmp_path)
+    (run_dir / "last.pt").unlink()  # the procedure: the large state file goes once the weights are shipped
+    (run_dir / "best.pt").unlink()
+    res = rp.reproduce(dataset="mnist", out=tmp_path / "table1", models=["esvae"], data_root=str(SHARED),
+                       device="cpu", log=lambda msg: None)
+    st = res["models"]["esvae"]
+    assert st["complete"] and st["epochs_done"] == 1 and st["calls"] == 1  # nothing retrained
+    with pytest.raises(ValueError, match="shipped as pretrained 'test-shipped'"):
+        rp.reproduce(dataset="mnist", out=tmp_path / "table1", models=["esvae"], data_root=str(SHARED),
+                     device="cpu", reevaluate=True, log=lambda msg: None)
+
+
+def test_module_cli_lists_names(capsys):
+    pt.main(["list"])
+    assert '"esvae-mnist"' in capsys.readouterr().out

@@ -134,3 +134,15 @@ def test_bad_input(tmp_path):
     (foreign / "mnist" / "esvae" / "last.pt").write_bytes(b"x")
     with pytest.raises(ValueError, match="did not start"):
         run(foreign)
+
+
+def test_example_script_quick(tmp_path, capsys):
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / "examples" / "reproduce_table1.py"
+    spec = importlib.util.spec_from_file_location("reproduce_table1", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    res = module.main(["--dataset", "mnist", "--models", "esvae", "--out", str(tmp_path), "--data-root",
+                       str(SHARED), "--device", "cpu", "--quick", "--budget-minutes", "0.0001"])
+    assert res["models"]["esvae"]["epochs_done"] == 1 and not res["complete"]
+    assert "esvae: 1/2 epochs" in capsys.readouterr().out
