@@ -14,7 +14,8 @@ import argparse
 
 from spikingjelly_vae.reproduce import REPRODUCE_MODELS, reproduce
 
-QUICK = {"batch_size": 16, "latent_dim": 8, "train_subset": 32, "test_subset": 16, "grid_images": 8, "epochs": 2}
+QUICK = {"batch_size": 16, "latent_dim": 8, "train_subset": 32, "test_subset": 16, "grid_images": 8,
+         "epochs": 2}
 
 
 def main(argv=None):
@@ -27,8 +28,10 @@ def main(argv=None):
     p.add_argument("--data-root", default=None, help="datasets folder (else env SJVAE_DATA, else ./data)")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--fad-dir", default=None, help="official FAD files (stat_checkpoints/, stats/)")
-    p.add_argument("--inception-weights", default=None, help="FID TorchScript Inception (else FID unavailable)")
-    p.add_argument("--is-weights", default=None, help="torchvision inception_v3 weights (else IS unavailable)")
+    p.add_argument("--inception-weights", default=None,
+                   help="FID TorchScript Inception (else FID unavailable)")
+    p.add_argument("--is-weights", default=None,
+                   help="torchvision inception_v3 weights (else IS unavailable)")
     p.add_argument("--device", default="auto")
     p.add_argument("--num-workers", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="tiny models, 2 epochs, MSE only: a smoke run")
@@ -41,7 +44,8 @@ def main(argv=None):
                  "robustness_options": {"num_images": 16, "batch_size": 16}}
     return reproduce(dataset=args.dataset, models=models, out=args.out, budget_minutes=args.budget_minutes,
                      reevaluate=args.reevaluate, data_root=args.data_root, cache_dir=args.cache_dir,
-                     fad_dir=args.fad_dir, inception_weights=args.inception_weights, is_weights=args.is_weights,
+                     fad_dir=args.fad_dir, inception_weights=args.inception_weights,
+                     is_weights=args.is_weights,
                      device=args.device, num_workers=args.num_workers, **extra)
 
 

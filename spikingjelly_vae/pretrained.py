@@ -63,7 +63,8 @@ def _training(model: str, dataset: str, epochs: int) -> PretrainedEntry:
 
 REGISTRY: Dict[str, PretrainedEntry] = {
     e.name: e for e in (_training(m, d, 300 if m == "esvae" else 150)
-                        for m in ("esvae", "fsvae", "ann-vae") for d in ("mnist", "fashion", "cifar10", "celeba"))
+                        for m in ("esvae", "fsvae", "ann-vae")
+                        for d in ("mnist", "fashion", "cifar10", "celeba"))
 }
 
 
@@ -125,15 +126,15 @@ def export_weights(run_dir, *, name: str, dtype: str = "fp32", weights_dir=None)
     """Write the final weights of a schedule that `reproduce` completed as `<weights_dir>/<name>.pt` and
     return its entry (metrics from the run's evaluation, commit and command); paste it into REGISTRY."""
     from .checkpoint import load_checkpoint
-    from .experiments.common import git_commit
-    from .reproduce import EVAL_FILE, STATE_FILE, model_status
+    from .reproduce import EVAL_FILE, STATE_FILE, commit, model_status
     run_dir = Path(run_dir)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     st = model_status(run_dir)
     if not st["complete"] or not (run_dir / EVAL_FILE).is_file():
         raise PretrainedError(f"{run_dir} is not a completed, evaluated `sjvae reproduce` schedule "
-                              f"({st['epochs_done']}/{st['epochs_total']} epochs); only such weights are shipped")
+                              f"({st['epochs_done']}/{st['epochs_total']} epochs); "
+                              "only such weights are shipped")
     ckpt = load_checkpoint(run_dir / "last.pt")
     state = {k: (v.to(DTYPES[dtype]) if v.is_floating_point() else v) for k, v in ckpt["model"].items()}
     out = Path(weights_dir or WEIGHTS_DIR) / f"{name}.pt"
@@ -149,8 +150,9 @@ def export_weights(run_dir, *, name: str, dtype: str = "fp32", weights_dir=None)
     entry = PretrainedEntry(
         name=name, model=ckpt["config"]["model"], dataset=ckpt.get("dataset") or info.get("dataset"),
         status="available", epochs_total=st["epochs_total"], epochs_reached=st["epochs_done"],
-        config=dict(ckpt["config"]), file=str(out) if weights_dir else out.name, sha256=_sha256(out), dtype=dtype,
-        metrics=metrics, commit=", ".join(dict.fromkeys(c.get("commit") or "?" for c in calls)) or git_commit(),
+        config=dict(ckpt["config"]), file=str(out) if weights_dir else out.name, sha256=_sha256(out),
+        dtype=dtype,
+        metrics=metrics, commit=", ".join(dict.fromkeys(c.get("commit") or "?" for c in calls)) or commit(),
         command=f"sjvae reproduce --dataset {info.get('dataset')} --models {ckpt['config']['model']} "
                 f"--out {run_dir.parent.parent}")
     state["shipped"] = {"name": name, "epoch": st["epochs_done"], "sha256": entry.sha256, "dtype": dtype}

@@ -17,9 +17,8 @@ beside ours, each model's progress and the provenance (commit, device, versions,
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from .atomic import atomic_write_text
 from .presets import get_preset
 
 __all__ = ["REPRODUCE_MODELS", "STATE_FILE", "EVAL_FILE", "reproduce", "model_status", "should_stop",
-           "versions"]
+           "versions", "commit", "write_table"]
 
 REPRODUCE_MODELS = ("esvae", "fsvae", "ann-vae")
 STATE_FILE = "reproduce.json"
@@ -59,7 +58,8 @@ def versions() -> dict:
     """Versions of what produced the numbers: python, torch, CUDA, cuDNN, CuPy, SpikingJelly, the package."""
     from . import __version__
     out = {"spikingjelly_vae": __version__, "python": platform.python_version(), "torch": torch.__version__,
-           "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None}
+           "cuda": torch.version.cuda,
+           "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None}
     for name in ("cupy", "spikingjelly"):
         try:
             from importlib.metadata import version
@@ -69,9 +69,16 @@ def versions() -> dict:
     return out
 
 
+def commit() -> Optional[str]:
+    """The commit being run: env SJVAE_COMMIT (a copy without .git, e.g. on a GPU machine), else git's."""
+    from .experiments.common import git_commit
+    return os.environ.get("SJVAE_COMMIT") or git_commit()
+
+
 def _cupy_dist() -> str:
     from importlib.metadata import distributions
-    names = [d.metadata["Name"] for d in distributions() if (d.metadata["Name"] or "").lower().startswith("cupy")]
+    names = [d.metadata["Name"] for d in distributions()
+             if (d.metadata["Name"] or "").lower().startswith("cupy")]
     if not names:
         raise LookupError("no cupy")
     return names[0]
@@ -150,7 +157,8 @@ def model_status(run_dir, *, epochs_total: Optional[int] = None) -> dict:
     left = None if spe is None or total is None else max(0, total - done) * spe / 60
     return {"epochs_done": done, "epochs_total": total, "complete": total is not None and done >= total,
             "seconds_per_epoch": spe, "minutes_left": left, "calls": len(state["calls"]),
-            "wall_seconds": sum(c["wall_seconds"] for c in state["calls"]), "evaluated": state.get("evaluated")}
+            "wall_seconds": sum(c["wall_seconds"] for c in state["calls"]),
+            "evaluated": state.get("evaluated")}
 
 
 def _status_line(model: str, st: dict, note: str = "") -> str:
@@ -192,9 +200,8 @@ def _train_model(run_dir: Path, state: dict, budget: _Budget, *, machinery: dict
         return "budget"
     cfg = TrainConfig(**state["schedule"], **machinery, out=str(run_dir), resume=done > 0, force=False,
                       progress=False, tensorboard=False)
-    from .experiments.common import git_commit
     record = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_epoch": done, "epochs": 0,
-              "wall_seconds": 0.0, "commit": git_commit(), **_device_info(machinery["device"])}
+              "wall_seconds": 0.0, "commit": commit(), **_device_info(machinery["device"])}
     state["calls"].append(record)
     start = budget.clock()
     log(f"{state['model']}: training epochs {done + 1}..{total} into {run_dir}")
@@ -218,8 +225,10 @@ def _evaluate(run_dir: Path, state: dict, *, dataset: str, options: dict, log) -
               "num_samples": 5000, **options["eval"]}
     log(f"{state['model']}: evaluating {run_dir / 'last.pt'} ({', '.join(kwargs['metrics'])})")
     res = evaluate_checkpoint(str(run_dir / "last.pt"), dataset=dataset, data_root=options["data_root"],
-                              inception_weights=options["inception_weights"], is_weights=options["is_weights"],
-                              fad_dir=options["fad_dir"], cache_dir=options["cache_dir"], seed=options["seed"],
+                              inception_weights=options["inception_weights"],
+                              is_weights=options["is_weights"],
+                              fad_dir=options["fad_dir"], cache_dir=options["cache_dir"],
+                              seed=options["seed"],
                               device=options["device"], log=log, **kwargs)
     write_json(res, run_dir / EVAL_FILE)
     return res
@@ -253,13 +262,13 @@ def _finish(run_dir: Path, state: dict, *, dataset: str, options: dict, reevalua
     robustness = (_robustness(run_dir, dataset=dataset, options=options, log=log)
                   if state["model"] == "esvae" else None)
     state["evaluated"] = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "file": EVAL_FILE,
-                          "seconds": time.time() - t, "robustness": robustness, **_device_info(options["device"])}
+                          "seconds": time.time() - t, "robustness": robustness,
+                          **_device_info(options["device"])}
     _write_state(run_dir, state)
 
 
 # ------------------------------------------------------------------------------------------ table
 def _provenance(folder: Path, models: Iterable[str], options: dict) -> dict:
-    from .experiments.common import git_commit
     per_model = {}
     for model in models:
         st = _read_state(folder / model)
@@ -267,10 +276,11 @@ def _provenance(folder: Path, models: Iterable[str], options: dict) -> dict:
             continue
         status = model_status(folder / model)
         per_model[model] = {"epochs": status["epochs_done"], "epochs_total": status["epochs_total"],
-                            "wall_seconds": status["wall_seconds"], "seconds_per_epoch": status["seconds_per_epoch"],
+                            "wall_seconds": status["wall_seconds"],
+                            "seconds_per_epoch": status["seconds_per_epoch"],
                             "calls": st["calls"], "seed": st["schedule"].get("seed"),
                             "schedule": st["schedule"], "evaluated": st.get("evaluated")}
-    return {"commit": git_commit(), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    return {"commit": commit(), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **_device_info(options["device"]), "versions": versions(),
             "seeds": {"train": options["seed"], "evaluation": options["seed"]}, "models": per_model}
 
@@ -289,12 +299,14 @@ def write_table(folder, *, models: Iterable[str], options: dict) -> dict:
             results.append(load_result(run_dir / EVAL_FILE))
     rows = build_table(results, datasets=[dataset])
     md = format_table(rows, "markdown")
-    lines = [f"- {m}: not started" if st is None else f"- {_status_line(m, st, 'evaluated' if st['evaluated'] else '')}"
+    lines = [f"- {m}: not started" if st is None
+             else "- " + _status_line(m, st, "evaluated" if st["evaluated"] else "")
              for m, st in progress.items()]
     table = {"dataset": dataset, "rows": rows, "progress": progress,
              "provenance": _provenance(folder, models, options)}
     atomic_write_text(folder / "table1.json", json.dumps(table, indent=2, default=str) + "\n")
-    atomic_write_text(folder / "table1.md", f"# Table I, {dataset}\n\n{md}\n## Progress\n\n" + "\n".join(lines)
+    atomic_write_text(folder / "table1.md",
+                      f"# Table I, {dataset}\n\n{md}\n## Progress\n\n" + "\n".join(lines)
                       + "\n")
     return table
 
@@ -308,7 +320,8 @@ def _check_models(models) -> List[str]:
     return models
 
 
-def reproduce(*, dataset: str, out, models: Iterable[str] = REPRODUCE_MODELS, budget_minutes: Optional[float] = None,
+def reproduce(*, dataset: str, out, models: Iterable[str] = REPRODUCE_MODELS,
+              budget_minutes: Optional[float] = None,
               reevaluate: bool = False, data_root=None, cache_dir=None, fad_dir=None, inception_weights=None,
               is_weights=None, device: str = "auto", num_workers: Optional[int] = None, seed: int = 42,
               preset_overrides: Optional[Dict[str, dict]] = None, eval_options: Optional[dict] = None,

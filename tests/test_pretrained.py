@@ -28,7 +28,8 @@ def finished_run(tmp_path_factory):
     if not (SHARED / "MNIST").is_dir():
         pytest.skip("shared data not found")
     out = tmp_path_factory.mktemp("table1")
-    tiny = {"batch_size": 16, "latent_dim": 8, "T": 4, "train_subset": 32, "test_subset": 16, "grid_images": 8,
+    tiny = {"batch_size": 16, "latent_dim": 8, "T": 4, "train_subset": 32, "test_subset": 16,
+            "grid_images": 8,
             "epochs": 1}
     rp.reproduce(dataset="mnist", out=out, models=["esvae"], data_root=str(SHARED), device="cpu",
                  preset_overrides={"esvae": tiny}, eval_options={"metrics": ("mse",), "mse_num": 16},
@@ -76,7 +77,8 @@ def test_export_refuses_unfinished_schedules(tmp_path):
     with pytest.raises(ValueError, match="dtype"):
         pt.export_weights(run_dir, name="x", dtype="bf16")
     with pytest.raises(ValueError, match="needs file, sha256"):
-        pt.register_pretrained(pt.PretrainedEntry(name="x", model="esvae", dataset="mnist", status="available",
+        pt.register_pretrained(pt.PretrainedEntry(name="x", model="esvae", dataset="mnist",
+                                                  status="available",
                                                   epochs_total=1))
 
 
