@@ -198,7 +198,8 @@ def _train_model(run_dir: Path, state: dict, budget: _Budget, *, machinery: dict
         return "complete"
     if budget.stop(_seconds_per_epoch(state)):
         return "budget"
-    cfg = TrainConfig(**state["schedule"], **machinery, out=str(run_dir), resume=done > 0, force=False,
+    # no last.pt: whatever a call killed in its first epoch left (log.csv, train_config.json) is replaced
+    cfg = TrainConfig(**state["schedule"], **machinery, out=str(run_dir), resume=done > 0, force=done == 0,
                       progress=False, tensorboard=False)
     record = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_epoch": done, "epochs": 0,
               "wall_seconds": 0.0, "commit": commit(), **_device_info(machinery["device"])}

@@ -147,3 +147,13 @@ def test_example_script_quick(tmp_path, capsys):
                        str(SHARED), "--device", "cpu", "--quick", "--budget-minutes", "0.0001"])
     assert res["models"]["esvae"]["epochs_done"] == 1 and not res["complete"]
     assert "esvae: 1/2 epochs" in capsys.readouterr().out
+
+
+def test_a_call_killed_in_its_first_epoch_is_started_over(tmp_path):
+    run_dir = tmp_path / "mnist" / "esvae"
+    run_dir.mkdir(parents=True)
+    (run_dir / "train_config.json").write_text("{}")  # what fit writes before the first epoch ends
+    (run_dir / "log.csv").write_text("epoch\n")
+    res = run(tmp_path, preset_overrides={"esvae": {**TINY_SPIKING, "epochs": 1}},
+              eval_options={**FAST_EVAL, "metrics": ("mse",)})
+    assert res["complete"] and res["models"]["esvae"]["epochs_done"] == 1
