@@ -382,10 +382,11 @@ def train_step(net, model, optimizer, scaler, x, generator=None, amp: str = "off
     return {k: v.detach() for k, v in terms.items()}, loss_value
 
 
-def fit(config: TrainConfig, on_epoch_end: Optional[Callable[[int, dict], None]] = None) -> dict:
+def fit(config: TrainConfig, on_epoch_end: Optional[Callable[[int, dict], Optional[bool]]] = None) -> dict:
     """Train (or resume) a run; returns a results dict (same on every rank).
 
-    `on_epoch_end(epoch, metrics)` is called on every rank after the epoch's files are written.
+    `on_epoch_end(epoch, metrics)` is called on every rank after the epoch's files are written; when it
+    returns True, training stops there and fit returns normally (every rank must return the same).
     Raises ValueError (or CheckpointError, NonFiniteLossError, both ValueErrors) for bad input.
     """
     rank, world, local_rank, own_group = _dist_setup()
@@ -550,8 +551,8 @@ def _fit(config, rank, world, local_rank, on_epoch_end):
                         model, cfg.grid_images, out / "images" / f"samples_epoch{epoch + 1:04d}.png", g)))
             if world > 1:
                 dist.barrier()
-            if on_epoch_end is not None:
-                on_epoch_end(epoch + 1, metrics)
+            if on_epoch_end is not None and on_epoch_end(epoch + 1, metrics):
+                break  # the caller asked to stop; this epoch's checkpoint and log row are written
     finally:
         if writer is not None:
             writer.close()
