@@ -186,7 +186,7 @@ def test_cache_bad_file_rebuilt_with_warning(tmp_path):
             again = ResidentDataset.load("mnist", "test", root=tmp_path, cache_dir=cache)
         assert torch.equal(again.images, good.images)
     import pickle  # a pickle that would run code is refused by weights_only, then rebuilt
-    path.write_bytes(pickle.dumps({"images": os.getcwd}))
+    path.write_bytes(pickle.dumps({"images": os.getcwd}, protocol=2))
     with pytest.warns(UserWarning, match="does not load"):
         ResidentDataset.load("mnist", "test", root=tmp_path, cache_dir=cache)
 
