@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -29,7 +30,8 @@ import torchvision
 from torchvision import datasets, transforms
 
 from .atomic import atomic_write
-from .data import DATASETS, ImageFileDataset, load_dataset, resolve_cache_dir, to_signed_range
+from .data import (DATASETS, ImageFileDataset, load_dataset, resolve_cache_dir, resolve_data_root,
+                   to_signed_range)
 
 __all__ = ["RESIDENT_DATASETS", "ResidentDataset", "ResidentLoader", "fits_on_device", "signed_lut"]
 
@@ -82,7 +84,11 @@ class ResidentDataset:
                              f"{', '.join(RESIDENT_DATASETS)}); use the DataLoader path (--no-data-on-gpu)")
         source = load_dataset(name, split, root, cache_dir, augment=False)
         key = source_hash(name, split, source)
-        path = resolve_cache_dir(cache_dir) / "resident" / f"{name}-{split}-{key[:16]}.pt"
+        folder = resolve_cache_dir(cache_dir) / "resident"
+        if folder.resolve().is_relative_to(resolve_data_root(root).resolve()):
+            raise ValueError(f"cache folder {str(folder)!r} lies inside the data root; pass --cache-dir (or set "
+                             "SJVAE_CACHE) to a folder outside it")
+        path = folder / f"{name}-{split}-{key[:16]}.pt"
         entry = _read_cache(path, name, split, key)
         if entry is None:
             images, labels = decode(source)
@@ -195,7 +201,7 @@ def _source_files(source):
         folder = Path(source.root) / source.base_folder
         return [(f, folder / f) for f, _ in (source.train_list if source.train else source.test_list)]
     if isinstance(source, ImageFileDataset):
-        return [(f"{label}/{Path(p).name}", Path(p)) for p, label in source.samples]
+        return [(f"{label}/{os.path.basename(p)}", p) for p, label in source.samples]  # str: 50k Paths are slow
     raise ValueError(f"cannot hold a {type(source).__name__} on the device; use the DataLoader path")
 
 
