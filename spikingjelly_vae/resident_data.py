@@ -108,9 +108,8 @@ class ResidentDataset:
         """The images at `indices` (a `Subset` of this split), as a new resident dataset."""
         idx = torch.as_tensor(list(indices) if isinstance(indices, range) else indices, dtype=torch.long)
         idx = idx.to(self.images.device)
-        sub = ResidentDataset(self.images.index_select(0, idx), self.labels.index_select(0, idx),
-                              name=self.name, split=self.split)
-        return sub
+        return ResidentDataset(self.images.index_select(0, idx), self.labels.index_select(0, idx),
+                               name=self.name, split=self.split)
 
     @property
     def nbytes(self) -> int:
@@ -138,11 +137,8 @@ class ResidentLoader:
         self.flip = data.flip if flip is None else bool(flip)
         self.generator, self.sampler = generator, sampler
 
-    def _count(self) -> int:
-        return len(self.sampler) if self.sampler is not None else len(self.data)
-
     def __len__(self) -> int:
-        n = self._count()
+        n = len(self.sampler) if self.sampler is not None else len(self.data)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def epoch_plan(self):
@@ -152,10 +148,9 @@ class ResidentLoader:
         n = len(self.data)
         if self.sampler is not None:
             order = torch.as_tensor(list(self.sampler), dtype=torch.long)
-        elif self.shuffle:
-            if g is None:  # RandomSampler without a generator seeds its own from the global RNG
-                g_perm = torch.Generator().manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
-            order = torch.randperm(n, generator=g if g is not None else g_perm)
+        elif self.shuffle:  # RandomSampler; without a generator it seeds its own from the global RNG
+            perm_gen = g or torch.Generator().manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+            order = torch.randperm(n, generator=perm_gen)
         else:
             order = torch.arange(n)
         flips = torch.rand(order.numel(), generator=g) < 0.5 if self.flip else None
