@@ -38,9 +38,9 @@ def test_parameter_counts():
     assert not any("posterior" in k or k.startswith("prior.") for k in m.state_dict())
 
 
-def test_loss_terms_and_deterministic_forward():
-    model = ESVAE(1, 16, T=4)
-    x = torch.rand(4, 1, 32, 32) * 2 - 1
+def test_loss_terms_and_deterministic_forward(tiny_model, random_images):
+    model = tiny_model("esvae")
+    x = random_images(4)
     out1 = model(x, generator=torch.Generator().manual_seed(3))
     out2 = model(x, generator=torch.Generator().manual_seed(3))
     for a, b in zip(out1, out2):
@@ -52,36 +52,25 @@ def test_loss_terms_and_deterministic_forward():
     assert torch.equal(terms["loss"], terms["recon"] + 1e-3 * terms["mmd"])
 
 
-def test_gradients_reach_encoder_and_bottleneck():
-    model = ESVAE(1, 16, T=4)
-    x = torch.rand(8, 1, 32, 32) * 2 - 1
+def test_gradients_reach_encoder_and_bottleneck(tiny_model, random_images):
+    model = tiny_model("esvae")
+    x = random_images(8)
     model.loss(x, model(x))["loss"].backward()
     assert model.prior_layer.weight.grad.abs().sum() > 0
     assert model.encoder.convs[0].weight_layer.weight.grad.abs().sum() > 0
     assert model.decoder.to_image.weight_layer.weight.grad.abs().sum() > 0
 
 
-def test_param_groups_bottleneck_lr():
-    model = ESVAE(1, 16, T=4)
+def test_param_groups_bottleneck_lr(tiny_model):
+    model = tiny_model("esvae")
     groups = model.param_groups(0.003)
     assert groups[0]["lr"] == 0.003 and groups[1]["lr"] == pytest.approx(0.03)
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     assert groups[1]["params"][0] is model.prior_layer.weight
 
 
-def test_optimisation_lowers_loss():
-    torch.manual_seed(0)
-    model = ESVAE(1, 16, T=4)
-    x = torch.rand(16, 1, 32, 32) * 2 - 1
-    opt = torch.optim.AdamW(model.param_groups(3e-3), weight_decay=1e-3)
-    gen = torch.Generator().manual_seed(0)
-    losses = []
-    for _ in range(20):
-        terms = model.loss(x, model(x, generator=gen))
-        opt.zero_grad()
-        terms["loss"].backward()
-        opt.step()
-        losses.append(terms["loss"].item())
+def test_optimisation_lowers_loss(trained_tiny_esvae):
+    _, _, losses = trained_tiny_esvae  # 20 AdamW steps (lr 3e-3, bottleneck x10, wd 1e-3) on 16 images
     assert sum(losses[-5:]) < 0.8 * sum(losses[:5])
 
 
@@ -101,10 +90,10 @@ def test_bad_input_messages():
         ESVAE(2, 16)
 
 
-def test_build_model_and_checkpoint_roundtrip(tmp_path):
-    model = ESVAE(3, 8, T=2, image_size=64)
+def test_build_model_and_checkpoint_roundtrip(tmp_path, tiny_model):
+    model = tiny_model("esvae", 3, 64, T=2)
     clone = build_model(model.config)
-    assert isinstance(clone, ESVAE) and clone.image_size == 64
+    assert isinstance(clone, ESVAE) and clone.image_size == 64 and clone.config == model.config
     path = save_checkpoint(tmp_path / "m.pt", {"model": model.state_dict(), "config": model.config, "epoch": 1})
     loaded, ckpt = load_model(path)
     for k, v in model.state_dict().items():

@@ -272,9 +272,8 @@ def test_generation_matches_reference(training):
 
 
 # ---------------------------------------------------------------- loss and schedule
-def test_loss_matches_reference():
-    torch.manual_seed(5)
-    model = FSVAE(1, L, T=T, k=K, kernel_backend="torch")
+def test_loss_matches_reference(tiny_model):
+    model = tiny_model("fsvae", latent_dim=L, T=T, k=K, kernel_backend="torch", seed=5)
     x = torch.rand(N, 1, 32, 32) * 2 - 1
     recon = torch.tanh(torch.randn(N, 1, 32, 32))
     q_z, p_z = torch.rand(T, N, L, K), torch.rand(T, N, L, K)
@@ -284,7 +283,7 @@ def test_loss_matches_reference():
     torch.testing.assert_close(terms["mmd"], mmd)
     torch.testing.assert_close(terms["recon"], F.mse_loss(recon, x))
     torch.testing.assert_close(terms["loss"], F.mse_loss(recon, x) + mmd)
-    model_kld = FSVAE(1, L, T=T, k=K, distance="kld", kernel_backend="torch")
+    model_kld = tiny_model("fsvae", latent_dim=L, T=T, k=K, distance="kld", kernel_backend="torch")
     terms = model_kld.loss(x, (recon, q_z, p_z, None))
     kld = q_bar * torch.log((q_bar + 1e-2) / (p_bar + 1e-2)) \
         + (1 - q_bar) * torch.log((1 - q_bar + 1e-2) / (1 - p_bar + 1e-2))
@@ -293,8 +292,8 @@ def test_loss_matches_reference():
     torch.testing.assert_close(terms["loss"], F.mse_loss(recon, x) + 1e-4 * kld)
 
 
-def test_scheduled_sampling_schedule():
-    model = FSVAE(1, 8, T=4, k=2)
+def test_scheduled_sampling_schedule(tiny_model):
+    model = tiny_model("fsvae", k=2)
     assert model.sampling_prob == pytest.approx(0.1)
     assert [model.set_epoch(e, 150) for e in (0, 75, 149)] == pytest.approx([0.1, 0.2, 0.1 + 0.2 * 149 / 150])
     assert model.sampling_prob == pytest.approx(0.1 + 0.2 * 149 / 150)
@@ -304,10 +303,10 @@ def test_scheduled_sampling_schedule():
 
 # ---------------------------------------------------------------- the whole model
 @pytest.mark.parametrize("dataset", ["mnist", "fashion", "cifar10", "celeba"])
-def test_shapes_all_datasets(dataset):
+def test_shapes_all_datasets(dataset, tiny_model):
     info = dataset_info(dataset)
     c, s = info["in_channels"], info["image_size"]
-    model = build_model(dict(model="fsvae", in_channels=c, image_size=s, latent_dim=8, T=4, k=3))
+    model = tiny_model("fsvae", c, s)  # build_model(dict(model="fsvae", ..., latent_dim=8, T=4, k=3, hidden=tiny))
     x = torch.rand(2, c, s, s) * 2 - 1
     g = torch.Generator().manual_seed(0)
     recon, q_z, p_z, z = model(x, generator=g)
@@ -321,6 +320,8 @@ def test_shapes_all_datasets(dataset):
     assert model(x, generator=g)[0].shape == x.shape
     if s == 64:
         assert len(model.encoder.convs) == 5 and isinstance(FSVAELarge(latent_dim=8, T=4, k=3), FSVAE)
+        assert FSVAELarge(latent_dim=8, T=4, k=3).config == build_model(dict(model="fsvae_large", latent_dim=8,
+                                                                              T=4, k=3)).config
 
 
 def test_parameter_counts():
@@ -335,10 +336,9 @@ def test_parameter_counts():
     assert n(model.encoder) + n(model.decoder) == n(esvae) - n(esvae.prior_layer)
 
 
-def test_forward_is_exact_given_generator_and_gradients_flow():
-    torch.manual_seed(6)
-    model = FSVAE(1, 8, T=6, k=3, kernel_backend="torch")
-    x = torch.rand(4, 1, 32, 32) * 2 - 1
+def test_forward_is_exact_given_generator_and_gradients_flow(tiny_model, random_images):
+    model = tiny_model("fsvae", T=6, kernel_backend="torch", seed=6)
+    x = random_images(4)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     out1 = model(x, generator=torch.Generator().manual_seed(1))
     model.load_state_dict(state)
@@ -358,24 +358,14 @@ def test_forward_is_exact_given_generator_and_gradients_flow():
         model.encoder.convs[0].weight_layer.weight.grad.abs().sum() == 0
 
 
-def test_optimisation_lowers_loss():
-    torch.manual_seed(0)
-    model = FSVAE(1, 8, T=4, k=3, kernel_backend="torch")
-    x = torch.rand(8, 1, 32, 32) * 2 - 1
-    opt = torch.optim.AdamW(model.param_groups(3e-3), weight_decay=1e-3)
-    gen = torch.Generator().manual_seed(0)
-    losses = []
-    for _ in range(12):
-        terms = model.loss(x, model(x, generator=gen))
-        opt.zero_grad()
-        terms["loss"].backward()
-        opt.step()
-        losses.append(terms["loss"].item())
+def test_optimisation_lowers_loss(tiny_model, random_images, adamw_steps):
+    model = tiny_model("fsvae", kernel_backend="torch")
+    losses = adamw_steps(model, random_images(8), 12, 3e-3, weight_decay=1e-3)
     assert sum(losses[-3:]) / 3 < 0.9 * sum(losses[:3]) / 3
 
 
-def test_checkpoint_round_trip(tmp_path):
-    model = FSVAE(1, 8, T=4, k=3, scheduled=False, distance="kld")
+def test_checkpoint_round_trip(tmp_path, tiny_model):
+    model = tiny_model("fsvae", scheduled=False, distance="kld")
     save_checkpoint(tmp_path / "m.pt", {"model": model.state_dict(), "config": model.config, "epoch": 0})
     loaded, ckpt = load_model(tmp_path / "m.pt", expected_model="fsvae")
     assert loaded.config == model.config and not loaded.scheduled and loaded.distance == "kld"
@@ -383,8 +373,8 @@ def test_checkpoint_round_trip(tmp_path):
         assert torch.equal(v, loaded.state_dict()[k])
 
 
-def test_bad_input_raises_value_error():
-    model = FSVAE(1, 8, T=4, k=3)
+def test_bad_input_raises_value_error(tiny_model):
+    model = tiny_model("fsvae")
     with pytest.raises(ValueError, match="shape"):
         model(torch.zeros(2, 3, 32, 32))
     with pytest.raises(ValueError, match="latent"):
@@ -407,6 +397,6 @@ def test_train_loop_drives_the_schedule(tmp_path, monkeypatch):
     monkeypatch.setattr(FSVAE, "set_epoch", lambda self, e, m: seen.append(original(self, e, m)) or seen[-1])
     res = fit(TrainConfig(dataset="mnist", model="fsvae", data_root=str(SHARED_DATA), out=str(tmp_path / "run"),
                           batch_size=8, train_subset=16, test_subset=8, epochs=2, latent_dim=4, T=3,
-                          model_kwargs={"k": 2}, grid_images=4, device="cpu", progress=False, tensorboard=False))
+                          model_kwargs={"k": 2, "hidden": [4, 4, 8, 8]}, grid_images=4, device="cpu", progress=False, tensorboard=False))
     assert seen == pytest.approx([0.1, 0.2])
     assert res["metrics"]["epoch"] == 2 and res["metrics"]["test_mmd"] >= 0
