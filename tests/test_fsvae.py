@@ -142,17 +142,12 @@ def randomise_stats(mlp, seed):
         bn.bias.data.copy_(0.3 * torch.randn(bn.bias.shape, generator=g))
 
 
-def grads(tensors):
-    return [t.grad.clone() for t in tensors]
-
-
-def our_leaves(mlp):
-    return [p for block in mlp for p in (block.weight_layer.weight, block.weight_layer.bias,
-                                         block.bn.weight, block.bn.bias)]
-
-
-def ref_leaves(layers):
-    return [layer[key] for layer in layers for key in ("W", "bias", "w", "b")]
+def assert_grads_equal(mlp, layers):
+    """Gradients of our MLP's weights (Linear, tdBN) against those of the reference copies."""
+    ours = [p for block in mlp for p in (block.weight_layer.weight, block.weight_layer.bias, block.bn.weight,
+                                         block.bn.bias)]
+    for a, b in zip(ours, [layer[key] for layer in layers for key in ("W", "bias", "w", "b")]):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
 
 
 def assert_stats_equal(mlp, layers):
@@ -186,8 +181,7 @@ def test_posterior_matches_reference_loop(training):
     ((z * wz).sum() + (q * wq).sum()).backward()
     ((z_ref * tl(wz)).sum() + (q_ref * wq.permute(1, 2, 3, 0)).sum()).backward()
     torch.testing.assert_close(tl(x_e.grad), x_ref.grad)
-    for a, b in zip(grads(our_leaves(post.mlp)), grads(ref_leaves(layers))):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert_grads_equal(post.mlp, layers)
 
 
 def test_training_prefix_passes_update_running_stats():
@@ -232,8 +226,7 @@ def test_prior_scheduled_sampling_matches_reference(p, k):
     w = torch.randn(T_, N, L, k)
     (p_z * w).sum().backward()
     (p_ref * w.permute(1, 2, 3, 0)).sum().backward()
-    for a, b in zip(grads(our_leaves(prior.mlp)), grads(ref_leaves(layers))):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert_grads_equal(prior.mlp, layers)
     if p == 0:  # no coin wins: only the full pass touches the running stats
         assert prior.mlp[0].bn.num_batches_tracked.item() == 1
 
