@@ -390,6 +390,7 @@ def test_train_loop_drives_the_schedule(tmp_path, monkeypatch):
     monkeypatch.setattr(FSVAE, "set_epoch", lambda self, e, m: seen.append(original(self, e, m)) or seen[-1])
     res = fit(TrainConfig(dataset="mnist", model="fsvae", data_root=str(SHARED_DATA), out=str(tmp_path / "run"),
                           batch_size=8, train_subset=16, test_subset=8, epochs=2, latent_dim=4, T=3,
-                          model_kwargs={"k": 2, "hidden": [4, 4, 8, 8]}, grid_images=4, device="cpu", progress=False, tensorboard=False))
+                          model_kwargs={"k": 2, "hidden": [4, 4, 8, 8]}, grid_images=4, device="cpu", progress=False,
+                          tensorboard=False))
     assert seen == pytest.approx([0.1, 0.2])
     assert res["metrics"]["epoch"] == 2 and res["metrics"]["test_mmd"] >= 0

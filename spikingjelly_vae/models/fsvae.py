@@ -54,7 +54,7 @@ def run_step(mlp: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def random_index(n: int, latent_dim: int, k: int, generator: Optional[torch.Generator],
+def random_index(n: int, latent_dim: int, k: int, *, generator: Optional[torch.Generator],
                  device: torch.device) -> torch.Tensor:
     """Which of the k spikes each (sample, unit) takes: uniform integers in [0, k), shape ``[n, L]``."""
     return torch.randint(0, k, (n, latent_dim), generator=generator, device=device)
@@ -86,10 +86,10 @@ class BernoulliPosterior(nn.Module):
         with torch.no_grad():
             for t in range(T - 1):
                 out = run_prefix(self.mlp, torch.cat([x_e[:t + 1], z_prev[:t + 1]], dim=2))[-1]
-                indices.append(random_index(N, L, self.k, generator, x_e.device))
+                indices.append(random_index(N, L, self.k, generator=generator, device=x_e.device))
                 z_prev[t + 1] = pick(out, indices[-1], self.k)
         q = run_prefix(self.mlp, torch.cat([x_e, z_prev], dim=2))  # [T, N, kL]
-        indices.append(random_index(N, L, self.k, generator, x_e.device))
+        indices.append(random_index(N, L, self.k, generator=generator, device=x_e.device))
         z = pick(q, torch.stack(indices), self.k)
         return z, q.unflatten(2, (L, self.k))
 
@@ -101,7 +101,7 @@ class BernoulliPosterior(nn.Module):
         zs, qs = [], []
         for t in range(T):
             out = run_step(self.mlp, torch.cat([x_e[t], z_prev.detach()], dim=1))
-            zs.append(pick(out, random_index(N, L, self.k, generator, x_e.device), self.k))
+            zs.append(pick(out, random_index(N, L, self.k, generator=generator, device=x_e.device), self.k))
             qs.append(out)
             z_prev = zs[-1]
         return torch.stack(zs), torch.stack(qs).unflatten(2, (L, self.k))
@@ -145,12 +145,12 @@ class BernoulliPrior(nn.Module):
             inputs = torch.zeros(T + 1, n, L, device=device, dtype=dtype)
             for t in range(T):
                 out = run_prefix(self.mlp, inputs[:t + 1])[-1]
-                inputs[t + 1] = pick(out, random_index(n, L, self.k, generator, device), self.k)
+                inputs[t + 1] = pick(out, random_index(n, L, self.k, generator=generator, device=device), self.k)
             return inputs[1:]
         sj_functional.reset_net(self.mlp)
         for t in range(T):
             out = run_step(self.mlp, z_prev)
-            z_prev = pick(out, random_index(n, L, self.k, generator, device), self.k)
+            z_prev = pick(out, random_index(n, L, self.k, generator=generator, device=device), self.k)
             zs.append(z_prev)
         return torch.stack(zs)
 
