@@ -75,7 +75,7 @@ def test_param_groups_bottleneck_lr(tiny_model):
 
 
 def test_optimisation_lowers_loss(trained_tiny_esvae):
-    _, _, losses = trained_tiny_esvae  # 20 AdamW steps (lr 3e-3, bottleneck x10, wd 1e-3) on 16 images
+    _, _, losses = trained_tiny_esvae  # 30 AdamW steps (lr 3e-3, bottleneck x10, wd 1e-3) on 16 images
     assert sum(losses[-5:]) < 0.8 * sum(losses[:5])
 
 

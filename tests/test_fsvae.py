@@ -352,8 +352,8 @@ def test_forward_is_exact_given_generator_and_gradients_flow(tiny_model, random_
 
 
 def test_optimisation_lowers_loss(tiny_model, random_images, adamw_steps):
-    model = tiny_model("fsvae", kernel_backend="torch")
-    losses = adamw_steps(model, random_images(8), 12, 3e-3, weight_decay=1e-3)
+    model = tiny_model("fsvae", image_size=8, kernel_backend="torch")
+    losses = adamw_steps(model, random_images(8, image_size=8), 12, 3e-3, weight_decay=1e-3)
     assert sum(losses[-3:]) / 3 < 0.9 * sum(losses[:3]) / 3
 
 
