@@ -1,4 +1,6 @@
-"""Stateless functions of the paper: firing rate, Poisson spike sampling, RBF-MMD^2 and the PSP filter."""
+"""Stateless functions of the papers, one per equation: firing rate (ESVAE Eq. 5), Poisson spike sampling and
+its gradient (Eqs. 7, 8), RBF-MMD^2 (Eq. 10); FSVAE's PSP filter and latent distances; the Gaussian KL of the
+ANN VAE baseline."""
 from typing import Optional
 
 import torch
@@ -21,31 +23,40 @@ def check_rate(rate: torch.Tensor, name: str = "rate") -> None:
         )
 
 
+def poisson_fire(rate: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """z_t = 1[u_t < r] for uniform draws u ``[T, *rate.shape]`` (paper Eq. 7; firing probability r, Eq. 6)."""
+    return (uniform < rate).to(rate.dtype)
+
+
+def poisson_surrogate_grad(grad_output: torch.Tensor, rate: torch.Tensor, uniform: torch.Tensor,
+                           half_width: float) -> torch.Tensor:
+    """dL/dr = sum_t dL/dz_t * 1[|r - u_t| < w] / (2w)  (paper Eq. 8 with its width alpha = 2w)."""
+    inside = ((rate - uniform).abs() < half_width).to(grad_output.dtype)
+    return (grad_output * inside).sum(dim=0) / (2.0 * half_width)
+
+
 class PoissonSpikeFunction(torch.autograd.Function):
-    """z_t = 1[u_t < r] for given uniform draws u; dz_t/dr = 1[|r - u_t| < w] / (2w) (paper Eqs. 7, 8)."""
+    """Forward ``poisson_fire`` (Eq. 7), backward ``poisson_surrogate_grad`` (Eq. 8); u is given."""
 
     @staticmethod
     def forward(ctx, rate, uniform, half_width):
         ctx.save_for_backward(rate, uniform)
         ctx.half_width = half_width
-        return (uniform < rate).to(rate.dtype)
+        return poisson_fire(rate, uniform)
 
     @staticmethod
     def backward(ctx, grad_output):
         rate, uniform = ctx.saved_tensors
-        w = ctx.half_width
-        inside = ((rate - uniform).abs() < w).to(grad_output.dtype)
-        grad_rate = (grad_output * inside).sum(dim=0) / (2.0 * w)
-        return grad_rate, None, None
+        return poisson_surrogate_grad(grad_output, rate, uniform, ctx.half_width), None, None
 
 
 def poisson_spikes(
     rate: torch.Tensor, T: int, half_width: float = 0.5, generator: Optional[torch.Generator] = None
 ) -> torch.Tensor:
-    """Bernoulli-per-step ("Poisson") spikes ``[T, *rate.shape]`` with the reparameterised gradient.
+    """Bernoulli-per-step ("Poisson") spikes ``[T, *rate.shape]`` with the reparameterised gradient (Eqs. 6-8).
 
-    u_t ~ U(0, 1) is drawn fresh with ``generator``; z_t = 1[u_t < r];
-    dz/dr = sum_t 1[|r - u_t| < w] / (2w)  (w = 0.5 gives the reference's height-1 window).
+    u_t ~ U(0, 1) is drawn fresh with ``generator``; z_t = 1[u_t < r] (Eq. 7);
+    dz/dr = sum_t 1[|r - u_t| < w] / (2w) (Eq. 8; w = 0.5 gives the reference's height-1 window).
     """
     uniform = torch.rand((T, *rate.shape), generator=generator, device=rate.device, dtype=rate.dtype)
     return PoissonSpikeFunction.apply(rate, uniform, float(half_width))
@@ -54,7 +65,7 @@ def poisson_spikes(
 def rbf_mmd(
     x: torch.Tensor, y: torch.Tensor, kernel_mul: float = 2.0, kernel_num: int = 5
 ) -> torch.Tensor:
-    """Biased MMD^2 between sample sets x [n, d] and y [m, d] with a multi-bandwidth RBF kernel.
+    """Biased MMD^2 between sample sets x [n, d] and y [m, d] with a multi-bandwidth RBF kernel (paper Eq. 10).
 
     D_ij = ||a_i - a_j||^2 over the stacked 2N samples a; b = sum(D) / ((2N)^2 - 2N) (no gradient);
     k(a, a') = sum_{i=0}^{K-1} exp(-D / (b * mul^(i - K//2)))  (bandwidths b/4 .. 4b for mul=2, K=5);
@@ -86,3 +97,21 @@ def psp(x_seq: torch.Tensor, decay: float = 0.5) -> torch.Tensor:
         s = s + (x - s) * (1.0 - decay)
         out.append(s)
     return torch.stack(out)
+
+
+def psp_distance(q_bar: torch.Tensor, p_bar: torch.Tensor) -> torch.Tensor:
+    """FSVAE's "MMD" (reference_spec 4): mean over (T, N, L) of (PSP(q_bar) - PSP(p_bar))^2, PSP over dim 0."""
+    return ((psp(q_bar) - psp(p_bar)) ** 2).mean()
+
+
+def bernoulli_kld(q_bar: torch.Tensor, p_bar: torch.Tensor, eps: float = 1e-2) -> torch.Tensor:
+    """FSVAE's KL option: sum over (T, L), mean over N of q log((q+e)/(p+e)) + (1-q) log((1-q+e)/(1-p+e)),
+    tensors ``[T, N, L]``."""
+    kld = q_bar * torch.log((q_bar + eps) / (p_bar + eps)) \
+        + (1 - q_bar) * torch.log((1 - q_bar + eps) / (1 - p_bar + eps))
+    return kld.sum(dim=(0, 2)).mean()
+
+
+def gaussian_kld(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """mean_n -1/2 sum_l (1 + logvar - mu^2 - exp(logvar)): KL(N(mu, sigma^2) || N(0, I)) per sample, averaged."""
+    return (-0.5 * (1 + logvar - mu ** 2 - logvar.exp()).sum(dim=1)).mean()

@@ -1,8 +1,12 @@
 """Temporal layers of the ESVAE/FSVAE backbone on SpikingJelly multi-step tensors ``[T, N, ...]``.
 
-Every block is weight -> tdBN -> LIF with T folded into the batch (a 2-D conv shared over time equals the
-reference's Conv3d with kernel (k, k, 1)).
+Every block is weight -> norm -> neuron (default tdBN -> the paper's LIF) with T folded into the batch (a 2-D
+conv shared over time equals the reference's Conv3d with kernel (k, k, 1)). ``kernel_backend`` is our LIF
+kernel switch ("auto", "cupy", "torch"; not SpikingJelly's own ``backend``).
 """
+from functools import partial
+from typing import Callable, Optional, Tuple, Union
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,14 +57,37 @@ class ThresholdDependentBatchNorm(nn.modules.batchnorm._BatchNorm):
         return f"{self.num_features}, alpha={self.alpha}, v_threshold={self.v_threshold}, eps={self.eps}"
 
 
-class _TemporalBlock(nn.Module):
-    """weight (applied per step) -> optional tdBN -> optional LIF."""
+Norm = Optional[Union[nn.Module, Callable[[int], nn.Module]]]
+Neuron = Optional[Union[nn.Module, Callable[[], nn.Module]]]
 
-    def __init__(self, weight: nn.Module, channels: int, bn: bool, spike: bool, alpha: float, backend: str):
+
+def _out_channels(weight: nn.Module) -> int:
+    for attr in ("out_channels", "out_features"):
+        if hasattr(weight, attr):
+            return int(getattr(weight, attr))
+    raise ValueError(f"cannot tell the output channels of {type(weight).__name__}: pass norm_layer as a "
+                     "module (or None) instead of a factory")
+
+
+class _TemporalBlock(nn.Module):
+    """weight (shared over T) -> norm -> neuron on ``[T, N, ...]``; ``step(x)`` runs one time step ``[N, ...]``.
+
+    ``norm_layer``: a module, a factory called with the weight's output channels, or None (no norm);
+    default tdBN. ``neuron_layer``: a module, a factory called without arguments, or None (no neuron, the
+    block outputs the normalised input current); default the paper's LIF. Attribute names ``weight_layer``,
+    ``bn``, ``lif`` are the state_dict keys of saved models.
+    """
+
+    def __init__(self, weight: nn.Module, norm_layer: Norm = ThresholdDependentBatchNorm,
+                 neuron_layer: Neuron = PaperLIFNode):
         super().__init__()
         self.weight_layer = weight
-        self.bn = ThresholdDependentBatchNorm(channels, alpha=alpha) if bn else None
-        self.lif = PaperLIFNode(backend=backend) if spike else None
+        if norm_layer is not None and not isinstance(norm_layer, nn.Module):
+            norm_layer = norm_layer(_out_channels(weight))
+        if neuron_layer is not None and not isinstance(neuron_layer, nn.Module):
+            neuron_layer = neuron_layer()
+        self.bn = norm_layer
+        self.lif = neuron_layer
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         T = x_seq.shape[0]
@@ -76,30 +103,53 @@ class _TemporalBlock(nn.Module):
             y = self.lif(y)
         return y
 
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """One time step ``[N, ...] -> [N, ...]``; the neuron keeps its membrane between calls (until reset_net).
+
+        Equal to step t of ``forward`` on the whole sequence when the norm does not depend on the batch of
+        steps it sees (tdBN in eval mode); in training mode tdBN normalises this step on its own.
+        """
+        y = self.weight_layer(x)
+        if self.bn is not None:
+            y = self.bn(y.unsqueeze(0))[0]
+        if self.lif is not None:
+            y = getattr(self.lif, "single_step_forward", self.lif)(y)
+        return y
+
+
+def _parts(bn: bool, spike: bool, alpha: float, kernel_backend: str) -> Tuple[Norm, Neuron]:
+    """The default tdBN(alpha) and paper LIF factories, or None where switched off."""
+    norm = partial(ThresholdDependentBatchNorm, alpha=alpha) if bn else None
+    neuron = partial(PaperLIFNode, kernel_backend=kernel_backend) if spike else None
+    return norm, neuron
+
 
 class TemporalConv2d(_TemporalBlock):
     """Conv2d shared over T (reference tdConv, kernel (k, k, 1)) -> tdBN -> LIF."""
 
-    def __init__(self, in_channels, out_channels, kernel_size=3, stride=2, padding=1, bn=True, spike=True,
-                 alpha=1.0, backend="auto"):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, *, stride: int = 2,
+                 padding: int = 1, bn: bool = True, spike: bool = True, alpha: float = 1.0,
+                 kernel_backend: str = "auto"):
         conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding)
-        super().__init__(conv, out_channels, bn, spike, alpha, backend)
+        super().__init__(conv, *_parts(bn, spike, alpha, kernel_backend))
 
 
 class TemporalConvTranspose2d(_TemporalBlock):
     """ConvTranspose2d shared over T (reference tdConvTranspose) -> tdBN -> LIF."""
 
-    def __init__(self, in_channels, out_channels, kernel_size=3, stride=2, padding=1, output_padding=1,
-                 bn=True, spike=True, alpha=1.0, backend="auto"):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, *, stride: int = 2,
+                 padding: int = 1, output_padding: int = 1, bn: bool = True, spike: bool = True,
+                 alpha: float = 1.0, kernel_backend: str = "auto"):
         conv = nn.ConvTranspose2d(in_channels, out_channels, kernel_size, stride, padding, output_padding)
-        super().__init__(conv, out_channels, bn, spike, alpha, backend)
+        super().__init__(conv, *_parts(bn, spike, alpha, kernel_backend))
 
 
 class TemporalLinear(_TemporalBlock):
     """Linear applied per step on ``[T, N, C]`` (reference tdLinear) -> tdBN -> LIF."""
 
-    def __init__(self, in_features, out_features, bn=True, spike=True, alpha=1.0, backend="auto"):
-        super().__init__(nn.Linear(in_features, out_features), out_features, bn, spike, alpha, backend)
+    def __init__(self, in_features: int, out_features: int, *, bn: bool = True, spike: bool = True,
+                 alpha: float = 1.0, kernel_backend: str = "auto"):
+        super().__init__(nn.Linear(in_features, out_features), *_parts(bn, spike, alpha, kernel_backend))
 
 
 class MembraneOutputLayer(nn.Module):

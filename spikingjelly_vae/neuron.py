@@ -45,7 +45,7 @@ class PaperLIFNode(neuron.LIFNode):
 
     def __init__(self, decay: float = 0.25, v_threshold: float = 0.2, v_reset: float = 0.0,
                  centre: float = 0.0, half_width: float = 0.5, step_mode: str = "m",
-                 backend: str = "auto", store_v_seq: bool = False):
+                 kernel_backend: str = "auto", store_v_seq: bool = False):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {decay}")
         super().__init__(tau=1.0 / (1.0 - decay), decay_input=False, v_threshold=float(v_threshold),
@@ -53,7 +53,7 @@ class PaperLIFNode(neuron.LIFNode):
                          surrogate_function=RectangleSurrogate(centre, half_width, v_threshold),
                          detach_reset=False, step_mode=step_mode, store_v_seq=store_v_seq)
         self.decay = float(decay)
-        self.backend = _check_backend(backend)
+        self.kernel_backend = _check_backend(kernel_backend)
 
     def _step(self, x: torch.Tensor, v: torch.Tensor):
         """One step: h = v_reset + decay * (v - v_reset) + x, o = 1[h >= v_th], v' = h (1 - o) + v_reset o."""
@@ -96,7 +96,7 @@ class PaperLIFNode(neuron.LIFNode):
             sg = self.surrogate_function
             spikes, self.v = lif_multistep(
                 x_seq, decay=self.decay, v_threshold=self.v_threshold, v_reset=self.v_reset, centre=sg.centre,
-                half_width=sg.half_width, backend="cupy" if _use_cupy(x_seq, self.backend) else "torch",
+                half_width=sg.half_width, backend="cupy" if _use_cupy(x_seq, self.kernel_backend) else "torch",
                 v_init=v_init, return_v=True)
             return spikes
         v = self._initial_v(x_seq[0])
@@ -111,7 +111,7 @@ class PaperLIFNode(neuron.LIFNode):
 
     def extra_repr(self) -> str:
         return f"decay={self.decay}, v_threshold={self.v_threshold}, v_reset={self.v_reset}, " \
-               f"step_mode={self.step_mode}, backend={self.backend}"
+               f"step_mode={self.step_mode}, kernel_backend={self.kernel_backend}"
 
 
 @register_neuron("poisson")
@@ -125,7 +125,7 @@ class PoissonLatent(base.MemoryModule):
     """
 
     def __init__(self, T: int = 16, half_width: float = 0.5, generator: Optional[torch.Generator] = None,
-                 input: str = "auto", step_mode: str = "m", backend: str = "auto"):
+                 input: str = "auto", step_mode: str = "m", kernel_backend: str = "auto"):
         super().__init__()
         if int(T) < 1:
             raise ValueError(f"T must be >= 1, got {T}")
@@ -135,12 +135,12 @@ class PoissonLatent(base.MemoryModule):
             raise ValueError(f"input must be 'auto', 'rate' or 'spikes', got {input!r}")
         self.T, self.half_width, self.generator, self.input = int(T), float(half_width), generator, input
         self.step_mode = step_mode
-        self.backend = _check_backend(backend)
+        self.kernel_backend = _check_backend(kernel_backend)
 
     def _sample(self, rate: torch.Tensor, T: int, generator) -> torch.Tensor:
         check_rate(rate)
         generator = generator if generator is not None else self.generator
-        if _use_cupy(rate, self.backend):
+        if _use_cupy(rate, self.kernel_backend):
             from .kernels import poisson_sample
 
             return poisson_sample(rate, T, half_width=self.half_width, generator=generator, backend="cupy")
@@ -160,4 +160,4 @@ class PoissonLatent(base.MemoryModule):
         return self._sample(rate, 1, generator)[0]
 
     def extra_repr(self) -> str:
-        return f"T={self.T}, half_width={self.half_width}, step_mode={self.step_mode}, backend={self.backend}"
+        return f"T={self.T}, half_width={self.half_width}, step_mode={self.step_mode}, kernel_backend={self.kernel_backend}"

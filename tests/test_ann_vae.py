@@ -32,10 +32,9 @@ def test_kl_term_matches_closed_form_per_element():
     torch.testing.assert_close(logvar.grad, (logvar.detach().exp() - 1) / 10)
 
 
-def test_loss_and_kl_weight_from_train_batches():
-    torch.manual_seed(0)
-    model = ANNVAE(1, 16)
-    x = torch.rand(4, 1, 32, 32) * 2 - 1
+def test_loss_and_kl_weight_from_train_batches(tiny_model, random_images):
+    model = tiny_model("ann-vae", latent_dim=16)
+    x = random_images(4)
     out = model(x, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="set_num_train_batches"):
         model.loss(x, out)
@@ -46,16 +45,16 @@ def test_loss_and_kl_weight_from_train_batches():
     torch.testing.assert_close(terms["kld"], gaussian_kld(mu, logvar))
     torch.testing.assert_close(terms["loss"], terms["recon"] + terms["kld"] / 240)
     assert model.config["kld_weight"] == pytest.approx(1 / 240)
-    fixed = ANNVAE(1, 16, kld_weight=0.5)
+    fixed = tiny_model("ann-vae", latent_dim=16, kld_weight=0.5)
     fixed.set_num_train_batches(10)  # an explicit weight is kept
     assert fixed.kld_weight == 0.5
     with pytest.raises(ValueError):
         ANNVAE(kld_weight=-1.0)
 
 
-def test_reparameterisation_uses_generator():
-    model = ANNVAE(1, 8)
-    x = torch.rand(3, 1, 32, 32) * 2 - 1
+def test_reparameterisation_uses_generator(tiny_model, random_images):
+    model = tiny_model("ann-vae")
+    x = random_images(3)
     recon, mu, logvar = model(x, generator=torch.Generator().manual_seed(4))
     eps = torch.randn(mu.shape, generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(recon, model.decode(mu + torch.exp(0.5 * logvar) * eps))
@@ -84,10 +83,10 @@ def test_architecture_matches_reference():
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "fashion", "cifar10", "celeba"])
-def test_shapes_all_datasets(dataset):
+def test_shapes_all_datasets(dataset, tiny_model):
     info = dataset_info(dataset)
     c, s = info["in_channels"], info["image_size"]
-    model = build_model(dict(model="ann-vae", in_channels=c, image_size=s, latent_dim=8))
+    model = tiny_model("ann-vae", c, s)  # build_model(dict(model="ann-vae", ..., latent_dim=8, hidden=tiny))
     x = torch.rand(2, c, s, s) * 2 - 1
     recon, mu, logvar = model(x)
     assert recon.shape == x.shape and mu.shape == logvar.shape == (2, 8)
@@ -95,8 +94,8 @@ def test_shapes_all_datasets(dataset):
     assert model.sample(3).shape == (3, c, s, s) and model.decode(mu).shape == x.shape
 
 
-def test_not_spiking_and_param_groups():
-    model = ANNVAE(1, 8)
+def test_not_spiking_and_param_groups(tiny_model):
+    model = tiny_model("ann-vae")
     with pytest.raises(ValueError, match="not spikes"):
         model.posterior_spikes(torch.zeros(1, 1, 32, 32))
     with pytest.raises(ValueError, match="not spikes"):
@@ -110,25 +109,15 @@ def test_not_spiking_and_param_groups():
         model.decode(torch.zeros(4, 2, 8))
 
 
-def test_optimisation_lowers_loss():
-    torch.manual_seed(0)
-    model = ANNVAE(1, 8)
+def test_optimisation_lowers_loss(tiny_model, random_images, adamw_steps):
+    model = tiny_model("ann-vae")
     model.set_num_train_batches(10)
-    x = torch.rand(8, 1, 32, 32) * 2 - 1
-    opt = torch.optim.AdamW(model.param_groups(1e-3))
-    gen = torch.Generator().manual_seed(0)
-    losses = []
-    for _ in range(15):
-        terms = model.loss(x, model(x, generator=gen))
-        opt.zero_grad()
-        terms["loss"].backward()
-        opt.step()
-        losses.append(terms["loss"].item())
+    losses = adamw_steps(model, random_images(8), 15, 1e-3)
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
 
 
-def test_checkpoint_round_trip_keeps_kl_weight(tmp_path):
-    model = ANNVAE(1, 8)
+def test_checkpoint_round_trip_keeps_kl_weight(tmp_path, tiny_model):
+    model = tiny_model("ann-vae")
     model.set_num_train_batches(200)
     save_checkpoint(tmp_path / "a.pt", {"model": model.state_dict(), "config": model.config, "epoch": 1})
     loaded, _ = load_model(tmp_path / "a.pt", expected_model="ann-vae")
@@ -147,6 +136,7 @@ def test_train_loop_sets_kl_weight_from_train_batches(tmp_path):
     from spikingjelly_vae.train import TrainConfig, fit
     res = fit(TrainConfig(dataset="mnist", model="ann-vae", data_root=str(SHARED_DATA), out=str(tmp_path / "run"),
                           batch_size=16, train_subset=64, test_subset=16, epochs=1, latent_dim=4, grid_images=4,
+                          model_kwargs={"hidden": [4, 4, 8, 8]},
                           device="cpu", progress=False, tensorboard=False))
     assert res["model_config"]["kld_weight"] == pytest.approx(1 / 4)
     assert load_checkpoint(tmp_path / "run" / "last.pt")["config"]["kld_weight"] == pytest.approx(1 / 4)

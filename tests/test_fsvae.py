@@ -142,17 +142,12 @@ def randomise_stats(mlp, seed):
         bn.bias.data.copy_(0.3 * torch.randn(bn.bias.shape, generator=g))
 
 
-def grads(tensors):
-    return [t.grad.clone() for t in tensors]
-
-
-def our_leaves(mlp):
-    return [p for block in mlp for p in (block.weight_layer.weight, block.weight_layer.bias,
-                                         block.bn.weight, block.bn.bias)]
-
-
-def ref_leaves(layers):
-    return [layer[key] for layer in layers for key in ("W", "bias", "w", "b")]
+def assert_grads_equal(mlp, layers):
+    """Gradients of our MLP's weights (Linear, tdBN) against those of the reference copies."""
+    ours = [p for block in mlp for p in (block.weight_layer.weight, block.weight_layer.bias, block.bn.weight,
+                                         block.bn.bias)]
+    for a, b in zip(ours, [layer[key] for layer in layers for key in ("W", "bias", "w", "b")]):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
 
 
 def assert_stats_equal(mlp, layers):
@@ -168,7 +163,7 @@ N, L, K, T = 3, 4, 3, 8
 @pytest.mark.parametrize("training", [True, False])
 def test_posterior_matches_reference_loop(training):
     torch.manual_seed(0)
-    post = BernoulliPosterior(L, K, backend="torch").train(training)
+    post = BernoulliPosterior(L, K, kernel_backend="torch").train(training)
     if not training:
         randomise_stats(post.mlp, 1)
     layers = ref_params(post.mlp)
@@ -186,14 +181,13 @@ def test_posterior_matches_reference_loop(training):
     ((z * wz).sum() + (q * wq).sum()).backward()
     ((z_ref * tl(wz)).sum() + (q_ref * wq.permute(1, 2, 3, 0)).sum()).backward()
     torch.testing.assert_close(tl(x_e.grad), x_ref.grad)
-    for a, b in zip(grads(our_leaves(post.mlp)), grads(ref_leaves(layers))):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert_grads_equal(post.mlp, layers)
 
 
 def test_training_prefix_passes_update_running_stats():
     """The quirk kept: each of the T-1 prefix passes updates the running stats, not only the full pass."""
     torch.manual_seed(0)
-    post = BernoulliPosterior(L, K, backend="torch")
+    post = BernoulliPosterior(L, K, kernel_backend="torch")
     full_only = ref_params(post.mlp)  # fresh running stats (0, 1)
     x_e = (torch.rand(T, N, L) < 0.4).float()
     z, _ = post(x_e, torch.Generator().manual_seed(0))
@@ -207,7 +201,7 @@ def test_training_prefix_passes_update_running_stats():
 def test_posterior_eval_is_one_incremental_pass():
     """Eval mode: the stepwise pass equals the reference's prefix re-runs, at O(T) MLP steps."""
     torch.manual_seed(1)
-    post = BernoulliPosterior(L, K, backend="torch").eval()
+    post = BernoulliPosterior(L, K, kernel_backend="torch").eval()
     randomise_stats(post.mlp, 2)
     calls = []
     post.mlp[2].weight_layer.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
@@ -221,7 +215,7 @@ def test_prior_scheduled_sampling_matches_reference(p, k):
     """k = 2 makes mean_k = 0.5 common, so the 1e-3 noise decides the threshold."""
     torch.manual_seed(2)
     T_ = 10
-    prior = BernoulliPrior(L, k, backend="torch")
+    prior = BernoulliPrior(L, k, kernel_backend="torch")
     layers = ref_params(prior.mlp)
     z = (torch.rand(T_, N, L) < 0.5).float()
     p_z = prior(z, p, True, torch.Generator().manual_seed(7))
@@ -232,15 +226,14 @@ def test_prior_scheduled_sampling_matches_reference(p, k):
     w = torch.randn(T_, N, L, k)
     (p_z * w).sum().backward()
     (p_ref * w.permute(1, 2, 3, 0)).sum().backward()
-    for a, b in zip(grads(our_leaves(prior.mlp)), grads(ref_leaves(layers))):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert_grads_equal(prior.mlp, layers)
     if p == 0:  # no coin wins: only the full pass touches the running stats
         assert prior.mlp[0].bn.num_batches_tracked.item() == 1
 
 
 def test_prior_scheduled_sampling_replaces_inputs_only_from_step_5():
     torch.manual_seed(3)
-    prior = BernoulliPrior(L, K, backend="torch")
+    prior = BernoulliPrior(L, K, kernel_backend="torch")
     seen = []
     prior.mlp[0].weight_layer.register_forward_hook(lambda m, i, o: seen.append(i[0].clone()))
     z = (torch.rand(10, N, L) < 0.5).float()
@@ -261,7 +254,7 @@ def test_prior_scheduled_sampling_replaces_inputs_only_from_step_5():
 @pytest.mark.parametrize("training", [True, False])
 def test_generation_matches_reference(training):
     torch.manual_seed(4)
-    prior = BernoulliPrior(L, K, backend="torch").train(training)
+    prior = BernoulliPrior(L, K, kernel_backend="torch").train(training)
     randomise_stats(prior.mlp, 3)  # (in training mode a zero start gives zero spikes unless a BN bias fires)
     layers = ref_params(prior.mlp)
     z = prior.generate(N, torch.Generator().manual_seed(9), T=T)
@@ -272,9 +265,8 @@ def test_generation_matches_reference(training):
 
 
 # ---------------------------------------------------------------- loss and schedule
-def test_loss_matches_reference():
-    torch.manual_seed(5)
-    model = FSVAE(1, L, T=T, k=K, backend="torch")
+def test_loss_matches_reference(tiny_model):
+    model = tiny_model("fsvae", latent_dim=L, T=T, k=K, kernel_backend="torch", seed=5)
     x = torch.rand(N, 1, 32, 32) * 2 - 1
     recon = torch.tanh(torch.randn(N, 1, 32, 32))
     q_z, p_z = torch.rand(T, N, L, K), torch.rand(T, N, L, K)
@@ -284,7 +276,7 @@ def test_loss_matches_reference():
     torch.testing.assert_close(terms["mmd"], mmd)
     torch.testing.assert_close(terms["recon"], F.mse_loss(recon, x))
     torch.testing.assert_close(terms["loss"], F.mse_loss(recon, x) + mmd)
-    model_kld = FSVAE(1, L, T=T, k=K, distance="kld", backend="torch")
+    model_kld = tiny_model("fsvae", latent_dim=L, T=T, k=K, distance="kld", kernel_backend="torch")
     terms = model_kld.loss(x, (recon, q_z, p_z, None))
     kld = q_bar * torch.log((q_bar + 1e-2) / (p_bar + 1e-2)) \
         + (1 - q_bar) * torch.log((1 - q_bar + 1e-2) / (1 - p_bar + 1e-2))
@@ -293,8 +285,8 @@ def test_loss_matches_reference():
     torch.testing.assert_close(terms["loss"], F.mse_loss(recon, x) + 1e-4 * kld)
 
 
-def test_scheduled_sampling_schedule():
-    model = FSVAE(1, 8, T=4, k=2)
+def test_scheduled_sampling_schedule(tiny_model):
+    model = tiny_model("fsvae", k=2)
     assert model.sampling_prob == pytest.approx(0.1)
     assert [model.set_epoch(e, 150) for e in (0, 75, 149)] == pytest.approx([0.1, 0.2, 0.1 + 0.2 * 149 / 150])
     assert model.sampling_prob == pytest.approx(0.1 + 0.2 * 149 / 150)
@@ -304,10 +296,10 @@ def test_scheduled_sampling_schedule():
 
 # ---------------------------------------------------------------- the whole model
 @pytest.mark.parametrize("dataset", ["mnist", "fashion", "cifar10", "celeba"])
-def test_shapes_all_datasets(dataset):
+def test_shapes_all_datasets(dataset, tiny_model):
     info = dataset_info(dataset)
     c, s = info["in_channels"], info["image_size"]
-    model = build_model(dict(model="fsvae", in_channels=c, image_size=s, latent_dim=8, T=4, k=3))
+    model = tiny_model("fsvae", c, s)  # build_model(dict(model="fsvae", ..., latent_dim=8, T=4, k=3, hidden=tiny))
     x = torch.rand(2, c, s, s) * 2 - 1
     g = torch.Generator().manual_seed(0)
     recon, q_z, p_z, z = model(x, generator=g)
@@ -321,6 +313,8 @@ def test_shapes_all_datasets(dataset):
     assert model(x, generator=g)[0].shape == x.shape
     if s == 64:
         assert len(model.encoder.convs) == 5 and isinstance(FSVAELarge(latent_dim=8, T=4, k=3), FSVAE)
+        assert FSVAELarge(latent_dim=8, T=4, k=3).config == build_model(dict(model="fsvae_large", latent_dim=8,
+                                                                              T=4, k=3)).config
 
 
 def test_parameter_counts():
@@ -335,10 +329,9 @@ def test_parameter_counts():
     assert n(model.encoder) + n(model.decoder) == n(esvae) - n(esvae.prior_layer)
 
 
-def test_forward_is_exact_given_generator_and_gradients_flow():
-    torch.manual_seed(6)
-    model = FSVAE(1, 8, T=6, k=3, backend="torch")
-    x = torch.rand(4, 1, 32, 32) * 2 - 1
+def test_forward_is_exact_given_generator_and_gradients_flow(tiny_model, random_images):
+    model = tiny_model("fsvae", T=6, kernel_backend="torch", seed=6)
+    x = random_images(4)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     out1 = model(x, generator=torch.Generator().manual_seed(1))
     model.load_state_dict(state)
@@ -358,24 +351,14 @@ def test_forward_is_exact_given_generator_and_gradients_flow():
         model.encoder.convs[0].weight_layer.weight.grad.abs().sum() == 0
 
 
-def test_optimisation_lowers_loss():
-    torch.manual_seed(0)
-    model = FSVAE(1, 8, T=4, k=3, backend="torch")
-    x = torch.rand(8, 1, 32, 32) * 2 - 1
-    opt = torch.optim.AdamW(model.param_groups(3e-3), weight_decay=1e-3)
-    gen = torch.Generator().manual_seed(0)
-    losses = []
-    for _ in range(12):
-        terms = model.loss(x, model(x, generator=gen))
-        opt.zero_grad()
-        terms["loss"].backward()
-        opt.step()
-        losses.append(terms["loss"].item())
+def test_optimisation_lowers_loss(tiny_model, random_images, adamw_steps):
+    model = tiny_model("fsvae", image_size=8, kernel_backend="torch")
+    losses = adamw_steps(model, random_images(8, image_size=8), 12, 3e-3, weight_decay=1e-3)
     assert sum(losses[-3:]) / 3 < 0.9 * sum(losses[:3]) / 3
 
 
-def test_checkpoint_round_trip(tmp_path):
-    model = FSVAE(1, 8, T=4, k=3, scheduled=False, distance="kld")
+def test_checkpoint_round_trip(tmp_path, tiny_model):
+    model = tiny_model("fsvae", scheduled=False, distance="kld")
     save_checkpoint(tmp_path / "m.pt", {"model": model.state_dict(), "config": model.config, "epoch": 0})
     loaded, ckpt = load_model(tmp_path / "m.pt", expected_model="fsvae")
     assert loaded.config == model.config and not loaded.scheduled and loaded.distance == "kld"
@@ -383,8 +366,8 @@ def test_checkpoint_round_trip(tmp_path):
         assert torch.equal(v, loaded.state_dict()[k])
 
 
-def test_bad_input_raises_value_error():
-    model = FSVAE(1, 8, T=4, k=3)
+def test_bad_input_raises_value_error(tiny_model):
+    model = tiny_model("fsvae")
     with pytest.raises(ValueError, match="shape"):
         model(torch.zeros(2, 3, 32, 32))
     with pytest.raises(ValueError, match="latent"):
@@ -407,6 +390,7 @@ def test_train_loop_drives_the_schedule(tmp_path, monkeypatch):
     monkeypatch.setattr(FSVAE, "set_epoch", lambda self, e, m: seen.append(original(self, e, m)) or seen[-1])
     res = fit(TrainConfig(dataset="mnist", model="fsvae", data_root=str(SHARED_DATA), out=str(tmp_path / "run"),
                           batch_size=8, train_subset=16, test_subset=8, epochs=2, latent_dim=4, T=3,
-                          model_kwargs={"k": 2}, grid_images=4, device="cpu", progress=False, tensorboard=False))
+                          model_kwargs={"k": 2, "hidden": [4, 4, 8, 8]}, grid_images=4, device="cpu", progress=False,
+                          tensorboard=False))
     assert seen == pytest.approx([0.1, 0.2])
     assert res["metrics"]["epoch"] == 2 and res["metrics"]["test_mmd"] >= 0

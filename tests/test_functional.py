@@ -62,3 +62,27 @@ def test_psp_and_firing_rate():
         ref.append(s)
     torch.testing.assert_close(psp(x), torch.stack(ref))
     assert torch.equal(firing_rate(torch.tensor([[1.0], [0.0], [1.0], [1.0]])), torch.tensor([0.75]))
+
+
+def test_poisson_equations_7_and_8_against_loops():
+    """z_t = 1[u_t < r] (Eq. 7); dL/dr = sum_t dL/dz_t 1[|r - u_t| < w] / (2w) (Eq. 8), element by element."""
+    from spikingjelly_vae.functional import poisson_fire, poisson_spikes, poisson_surrogate_grad
+
+    gen = torch.Generator().manual_seed(0)
+    rate = torch.rand(3, 4, generator=gen, dtype=torch.float64)
+    uniform = torch.rand(5, 3, 4, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    g = torch.randn(5, 3, 4, generator=gen, dtype=torch.float64)
+    z = poisson_fire(rate, uniform)
+    w = 0.3
+    grad = poisson_surrogate_grad(g, rate, uniform, w)
+    for i in range(3):
+        for j in range(4):
+            r = rate[i, j].item()
+            expected = sum(g[t, i, j].item() for t in range(5) if abs(r - uniform[t, i, j].item()) < w) / (2 * w)
+            assert grad[i, j].item() == pytest.approx(expected, abs=1e-12)
+            for t in range(5):
+                assert z[t, i, j].item() == float(uniform[t, i, j].item() < r)
+    r = rate.clone().requires_grad_()
+    spikes = poisson_spikes(r, 5, half_width=w, generator=torch.Generator().manual_seed(7))
+    (spikes * g).sum().backward()
+    assert torch.equal(spikes, z) and torch.equal(r.grad, grad)  # the same u from the same generator

@@ -124,3 +124,69 @@ def test_membrane_output_layer():
     dtanh = 1 - torch.tanh(m.detach()) ** 2
     for t in range(16):
         torch.testing.assert_close(x.grad[t], dtanh * 0.8 ** (15 - t))
+
+
+def test_block_takes_norm_and_neuron_as_modules_factories_or_none():
+    """_TemporalBlock(weight, norm_layer, neuron_layer): defaults tdBN + paper LIF; a factory gets the weight's
+    output channels (norm) or nothing (neuron); None leaves the stage out; state_dict keys stay weight_layer/bn/lif."""
+    from spikingjelly_vae.layer import _TemporalBlock
+    from spikingjelly_vae.neuron import PaperLIFNode
+
+    torch.manual_seed(0)
+    default = _TemporalBlock(torch.nn.Linear(6, 5))
+    assert isinstance(default.bn, ThresholdDependentBatchNorm) and default.bn.num_features == 5
+    assert isinstance(default.lif, PaperLIFNode)
+    lin = TemporalLinear(6, 5)
+    assert sorted(lin.state_dict()) == sorted(default.state_dict())
+    assert [k.split(".")[0] for k in lin.state_dict()] == ["weight_layer"] * 2 + ["bn"] * 5
+
+    bn = torch.nn.Identity()
+    plain = _TemporalBlock(torch.nn.Linear(6, 5), norm_layer=None, neuron_layer=None)
+    custom = _TemporalBlock(plain.weight_layer, norm_layer=lambda c: ThresholdDependentBatchNorm(c, alpha=3.0),
+                            neuron_layer=lambda: PaperLIFNode(decay=0.5))
+    with_module = _TemporalBlock(plain.weight_layer, norm_layer=bn, neuron_layer=None)
+    x = torch.randn(4, 3, 6)
+    y = plain(x)
+    assert torch.equal(y, torch.stack([plain.weight_layer(xt) for xt in x]))
+    assert with_module.bn is bn and torch.equal(with_module(x), y)
+    assert custom.bn.alpha == 3.0 and custom.lif.decay == 0.5
+    ref_bn, _, _ = reference_tdbn_train(y, torch.ones(5), torch.zeros(5), 3.0)
+    v, spikes = torch.zeros(3, 5), []
+    for h in ref_bn:  # LIF with decay 0.5, threshold 0.2, hard reset to 0
+        v = 0.5 * v + h
+        spikes.append((v >= 0.2).float())
+        v = v * (1 - spikes[-1])
+    assert torch.equal(custom(x), torch.stack(spikes))
+    with pytest.raises(ValueError, match="output channels"):
+        _TemporalBlock(torch.nn.Identity())
+
+
+@pytest.mark.parametrize("make", [lambda: TemporalLinear(6, 5, alpha=2.0), lambda: TemporalConv2d(2, 3)])
+def test_step_equals_forward_in_eval_mode(make):
+    """step(x_t) for t = 0..T-1 (membrane kept between calls) equals forward on the whole sequence when tdBN
+    uses its running statistics; gradients agree too."""
+    torch.manual_seed(0)
+    block = make()
+    with torch.no_grad():
+        block.bn.running_mean.uniform_(-0.3, 0.3)
+        block.bn.running_var.uniform_(0.5, 1.5)
+    block.eval()
+    shape = (5, 3, 6) if isinstance(block, TemporalLinear) else (5, 3, 2, 6, 6)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1)) * 2
+    y_all = block(x)
+    (y_all * torch.arange(y_all.numel()).reshape(y_all.shape).cos()).sum().backward()
+    grads = [p.grad.clone() for p in block.parameters()]
+    block.zero_grad()
+    sj_functional.reset_net(block)
+    y_steps = torch.stack([block.step(xt) for xt in x])
+    (y_steps * torch.arange(y_steps.numel()).reshape(y_steps.shape).cos()).sum().backward()
+    assert 0 < y_all.mean() < 1 and torch.equal(y_steps, y_all)
+    for a, p in zip(grads, block.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_blocks_pass_kernel_backend_to_the_neuron():
+    assert TemporalLinear(3, 2, kernel_backend="torch").lif.kernel_backend == "torch"
+    assert TemporalConv2d(1, 2).lif.kernel_backend == "auto"
+    with pytest.raises(ValueError, match="backend"):
+        TemporalConvTranspose2d(2, 1, kernel_backend="cuda")

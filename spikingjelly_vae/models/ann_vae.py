@@ -11,13 +11,14 @@ training loop calls; the value is then kept in ``config`` so a checkpoint rebuil
 Not spiking: ``posterior_spikes`` / ``prior_spikes`` raise; ``encode`` returns ``(mu, logvar)`` and the
 encoder probe (Table III) uses ``mu``.
 """
-from typing import Dict, Optional, Union
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import HIDDEN, check_images
+from ..functional import gaussian_kld
+from .backbone import check_images, check_model_args
 
 NOT_SPIKING = ("the ANN VAE has a Gaussian latent, not spikes: spike-based experiments (robustness, "
                "firing rates, spike rasters) apply to esvae and fsvae only")
@@ -28,7 +29,8 @@ def _conv_block(conv: nn.Module, channels: int) -> nn.Sequential:
 
 
 class ANNVAE(nn.Module):
-    """Gaussian VAE on the same conv architecture; ``image_size=64`` is ANNVAELarge (CelebA).
+    """Gaussian VAE on the same conv architecture; ``image_size=64`` (CelebA) is the builder ``ann_vae_large``;
+    ``hidden`` as ESVAE's.
 
     ``forward(x)`` returns ``(reconstruction, mu, logvar)``.
     """
@@ -36,23 +38,19 @@ class ANNVAE(nn.Module):
     name = "ann-vae"
     spiking = False
 
-    def __init__(self, in_channels: int = 1, latent_dim: int = 128, image_size: int = 32,
-                 kld_weight: Union[str, float] = "auto"):
+    def __init__(self, in_channels: int = 1, latent_dim: int = 128, image_size: int = 32, *,
+                 hidden: Optional[Sequence[int]] = None, kld_weight: Union[str, float] = "auto"):
         super().__init__()
-        if image_size not in HIDDEN:
-            raise ValueError(f"image_size must be one of {sorted(HIDDEN)}, got {image_size}")
-        if in_channels not in (1, 3):
-            raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+        hidden = check_model_args(in_channels, image_size, hidden)
         if int(latent_dim) < 1:
             raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
         if kld_weight != "auto" and (isinstance(kld_weight, str) or kld_weight < 0):
             raise ValueError(f"kld_weight must be 'auto' or a number >= 0, got {kld_weight!r}")
-        hidden = HIDDEN[image_size]
         self.in_channels, self.image_size, self.latent_dim = in_channels, image_size, int(latent_dim)
         self.kld_weight = kld_weight if kld_weight == "auto" else float(kld_weight)
         self._kld_auto = kld_weight == "auto"
         self.config = dict(model=self.name, in_channels=in_channels, image_size=image_size,
-                           latent_dim=int(latent_dim), kld_weight=self.kld_weight)
+                           latent_dim=int(latent_dim), hidden=list(hidden), kld_weight=self.kld_weight)
         chans = (in_channels, *hidden)
         self.encoder = nn.Sequential(*[_conv_block(nn.Conv2d(a, b, 3, 2, 1), b) for a, b in zip(chans, chans[1:])])
         self.fc_mu = nn.Linear(hidden[-1] * 4, latent_dim)
@@ -118,16 +116,3 @@ class ANNVAE(nn.Module):
     def param_groups(self, lr: float):
         """One AdamW group at ``lr`` (the preset's weight decay is 0.01, AdamW's default, as the official script)."""
         return [{"params": list(self.parameters()), "lr": lr}]
-
-
-class ANNVAELarge(ANNVAE):
-    """ANN VAE for 64x64 images (CelebA): hidden channels 32..512."""
-
-    def __init__(self, in_channels: int = 3, latent_dim: int = 128, **kwargs):
-        kwargs.pop("image_size", None)
-        super().__init__(in_channels, latent_dim, image_size=64, **kwargs)
-
-
-def gaussian_kld(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """mean_n -1/2 sum_l (1 + logvar - mu^2 - exp(logvar)): KL(N(mu, sigma^2) || N(0, I)) per sample, averaged."""
-    return (-0.5 * (1 + logvar - mu ** 2 - logvar.exp()).sum(dim=1)).mean()

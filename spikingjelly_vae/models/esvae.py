@@ -2,10 +2,11 @@
 
 encode:  x -> x_e in {0,1}^{T x L},  posterior_rate r_p = mean_t x_e          (paper Eq. 5)
 latent:  z_t = 1[u_t < r_p]  (PoissonLatent, reparameterised gradient)        (Eqs. 7, 8)
-prior:   z_n ~ N(0, I_L),  prior_rate r_q = sigmoid(W z_n + b)  (the bottleneck layer)
-loss:    MSE(x_hat, x) + lambda * RBF-MMD^2(r_p, r_q)                          (Eq. 11)
+prior:   z_n ~ N(0, I_L),  prior_rate r_q = sigmoid(W z_n + b)  (the bottleneck layer, Alg. 1)
+loss:    MSE(x_hat, x) + lambda * RBF-MMD^2(r_p, r_q)                          (Eqs. 10, 11)
+The builders ``esvae`` and ``esvae_large`` (64x64) are registered in ``models/__init__.py``.
 """
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -13,38 +14,38 @@ from torch import nn
 
 from ..functional import rbf_mmd
 from ..neuron import PoissonLatent
-from .backbone import HIDDEN, SpikingBackbone, SpikingDecoder, SpikingEncoder
+from .backbone import SpikingBackbone, SpikingDecoder, SpikingEncoder, check_model_args
 
 
 class ESVAE(SpikingBackbone):
-    """ESVAE for 32x32 images (MNIST, Fashion-MNIST: 1 channel; CIFAR-10: 3); ``image_size=64`` is ESVAELarge.
+    """ESVAE; 32x32 images by default (MNIST, Fashion-MNIST: 1 channel; CIFAR-10: 3), 64x64 (CelebA) with
+    ``image_size=64`` (the builder ``esvae_large``). ``hidden``: conv channels per stage (default
+    ``HIDDEN[image_size]``; a smaller tuple builds a small backbone for ``2 * 2**len(hidden)`` pixel images).
+    ``kernel_backend``: our LIF/Poisson kernel switch ("auto", "cupy", "torch").
 
     ``forward(x)`` returns ``(reconstruction, posterior_rate, prior_rate)``.
     """
 
     name = "esvae"
 
-    def __init__(self, in_channels: int = 1, latent_dim: int = 128, T: int = 16, image_size: int = 32,
-                 mmd_lambda: float = 1e-3, half_width: float = 0.5, backend: str = "auto"):
+    def __init__(self, in_channels: int = 1, latent_dim: int = 128, T: int = 16, image_size: int = 32, *,
+                 hidden: Optional[Sequence[int]] = None, mmd_lambda: float = 1e-3, half_width: float = 0.5,
+                 kernel_backend: str = "auto"):
         super().__init__()
-        if image_size not in HIDDEN:
-            raise ValueError(f"image_size must be one of {sorted(HIDDEN)}, got {image_size}")
-        if in_channels not in (1, 3):
-            raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
-        hidden = HIDDEN[image_size]
+        hidden = check_model_args(in_channels, image_size, hidden)
         self.in_channels, self.image_size, self.latent_dim, self.T = in_channels, image_size, latent_dim, int(T)
         self.mmd_lambda = float(mmd_lambda)
         self.config = dict(model=self.name, in_channels=in_channels, image_size=image_size,
-                           latent_dim=latent_dim, T=int(T), mmd_lambda=float(mmd_lambda),
-                           half_width=float(half_width), backend=backend)
-        self.encoder = SpikingEncoder(in_channels, latent_dim, hidden, backend)
-        self.latent = PoissonLatent(T=T, half_width=half_width, backend=backend)
+                           latent_dim=latent_dim, T=int(T), hidden=list(hidden), mmd_lambda=float(mmd_lambda),
+                           half_width=float(half_width), kernel_backend=kernel_backend)
+        self.encoder = SpikingEncoder(in_channels, latent_dim, hidden, kernel_backend)
+        self.latent = PoissonLatent(T=T, half_width=half_width, kernel_backend=kernel_backend)
         self.prior_layer = nn.Linear(latent_dim, latent_dim)  # the "bottleneck" (reference: sample_layer)
-        self.decoder = SpikingDecoder(in_channels, latent_dim, hidden, backend)
+        self.decoder = SpikingDecoder(in_channels, latent_dim, hidden, kernel_backend)
 
     def prior_rate(self, n: int, generator: Optional[torch.Generator] = None,
                    device: Optional[torch.device] = None) -> torch.Tensor:
-        """r_q = sigmoid(bottleneck(z_n)), z_n ~ N(0, I), shape ``[n, L]``."""
+        """r_q = sigmoid(bottleneck(z_n)), z_n ~ N(0, I), shape ``[n, L]`` (the PRIOR of the paper's Alg. 1)."""
         weight = self.prior_layer.weight
         z_n = torch.randn(n, self.latent_dim, generator=generator, device=device or weight.device,
                           dtype=weight.dtype)
@@ -58,14 +59,14 @@ class ESVAE(SpikingBackbone):
         return reconstruction, posterior_rate, prior_rate
 
     def loss(self, x: torch.Tensor, out) -> Dict[str, torch.Tensor]:
-        """MSE(x_hat, x) + lambda * MMD^2(posterior_rate, prior_rate)."""
+        """L = MSE(x_hat, x) + lambda * MMD^2(posterior_rate, prior_rate)  (paper Eq. 11; MMD^2 is Eq. 10)."""
         reconstruction, posterior_rate, prior_rate = out
         recon = F.mse_loss(reconstruction, x)
         mmd = rbf_mmd(posterior_rate, prior_rate)
         return {"loss": recon + self.mmd_lambda * mmd, "recon": recon, "mmd": mmd}
 
     def posterior_spikes(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Latent spikes z_p ``[T, N, L]`` sampled from the posterior of images ``x``."""
+        """Latent spikes z_p ``[T, N, L]`` sampled from the posterior of images ``x`` (Eqs. 5, 7)."""
         return self.latent(self.encode(x)[1], generator=generator)
 
     def prior_spikes(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -83,11 +84,3 @@ class ESVAE(SpikingBackbone):
         ids = {id(p) for p in prior}
         rest = [p for p in self.parameters() if id(p) not in ids]
         return [{"params": rest, "lr": lr}, {"params": prior, "lr": lr * bottleneck_lr_mult}]
-
-
-class ESVAELarge(ESVAE):
-    """ESVAE for 64x64 images (CelebA): hidden channels 32..512, flatten 2048."""
-
-    def __init__(self, in_channels: int = 3, latent_dim: int = 128, T: int = 16, **kwargs):
-        kwargs.pop("image_size", None)
-        super().__init__(in_channels, latent_dim, T, image_size=64, **kwargs)

@@ -17,28 +17,28 @@ Autoregression and cost. The official code re-runs each MLP on every prefix z_<t
   same random draws in the same order.
 Randomness (the k-index per unit and step, the scheduled-sampling coin, its 1e-3 noise) uses ``generator``.
 """
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from spikingjelly.activation_based import functional as sj_functional
 from torch import nn
 
-from ..functional import psp
+from ..functional import bernoulli_kld, psp_distance
 from ..layer import TemporalLinear
-from .backbone import HIDDEN, SpikingBackbone, SpikingDecoder, SpikingEncoder
+from .backbone import SpikingBackbone, SpikingDecoder, SpikingEncoder, check_model_args
 
 SCHEDULE_START, SCHEDULE_END, SCHEDULE_FIRST_STEP = 0.1, 0.3, 5
-KLD_WEIGHT, KLD_EPS = 1e-4, 1e-2
+KLD_WEIGHT = 1e-4
 DISTANCES = ("mmd", "kld")
 
 
-def bernoulli_mlp(in_features: int, latent_dim: int, k: int, backend: str = "auto") -> nn.Sequential:
+def bernoulli_mlp(in_features: int, latent_dim: int, k: int, kernel_backend: str = "auto") -> nn.Sequential:
     """The FSVAE latent MLP: in -> 2L -> 4L -> kL, each TemporalLinear -> tdBN(alpha=2) -> LIF."""
     L = latent_dim
-    return nn.Sequential(TemporalLinear(in_features, 2 * L, alpha=2.0, backend=backend),
-                         TemporalLinear(2 * L, 4 * L, alpha=2.0, backend=backend),
-                         TemporalLinear(4 * L, k * L, alpha=2.0, backend=backend))
+    return nn.Sequential(TemporalLinear(in_features, 2 * L, alpha=2.0, kernel_backend=kernel_backend),
+                         TemporalLinear(2 * L, 4 * L, alpha=2.0, kernel_backend=kernel_backend),
+                         TemporalLinear(4 * L, k * L, alpha=2.0, kernel_backend=kernel_backend))
 
 
 def run_prefix(mlp: nn.Sequential, x_seq: torch.Tensor) -> torch.Tensor:
@@ -49,15 +49,12 @@ def run_prefix(mlp: nn.Sequential, x_seq: torch.Tensor) -> torch.Tensor:
 
 def run_step(mlp: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """One time step ``[N, in] -> [N, kL]`` keeping each LIF's membrane between calls (eval-mode tdBN only)."""
-    h = x
     for block in mlp:
-        h = block.weight_layer(h)
-        h = block.bn(h.unsqueeze(0))[0]
-        h = block.lif.single_step_forward(h)
-    return h
+        x = block.step(x)
+    return x
 
 
-def random_index(n: int, latent_dim: int, k: int, generator: Optional[torch.Generator],
+def random_index(n: int, latent_dim: int, k: int, *, generator: Optional[torch.Generator],
                  device: torch.device) -> torch.Tensor:
     """Which of the k spikes each (sample, unit) takes: uniform integers in [0, k), shape ``[n, L]``."""
     return torch.randint(0, k, (n, latent_dim), generator=generator, device=device)
@@ -71,10 +68,10 @@ def pick(spikes: torch.Tensor, index: torch.Tensor, k: int) -> torch.Tensor:
 class BernoulliPosterior(nn.Module):
     """q(z_t | x_<=t, z_<t) (reference PosteriorBernoulliSTBP); ``forward(x_e)`` -> ``(z [T,N,L], q_z [T,N,L,k])``."""
 
-    def __init__(self, latent_dim: int, k: int = 20, backend: str = "auto"):
+    def __init__(self, latent_dim: int, k: int = 20, kernel_backend: str = "auto"):
         super().__init__()
         self.latent_dim, self.k = latent_dim, k
-        self.mlp = bernoulli_mlp(2 * latent_dim, latent_dim, k, backend)
+        self.mlp = bernoulli_mlp(2 * latent_dim, latent_dim, k, kernel_backend)
 
     def forward(self, x_e: torch.Tensor, generator: Optional[torch.Generator] = None):
         if self.training:
@@ -89,10 +86,10 @@ class BernoulliPosterior(nn.Module):
         with torch.no_grad():
             for t in range(T - 1):
                 out = run_prefix(self.mlp, torch.cat([x_e[:t + 1], z_prev[:t + 1]], dim=2))[-1]
-                indices.append(random_index(N, L, self.k, generator, x_e.device))
+                indices.append(random_index(N, L, self.k, generator=generator, device=x_e.device))
                 z_prev[t + 1] = pick(out, indices[-1], self.k)
         q = run_prefix(self.mlp, torch.cat([x_e, z_prev], dim=2))  # [T, N, kL]
-        indices.append(random_index(N, L, self.k, generator, x_e.device))
+        indices.append(random_index(N, L, self.k, generator=generator, device=x_e.device))
         z = pick(q, torch.stack(indices), self.k)
         return z, q.unflatten(2, (L, self.k))
 
@@ -104,7 +101,7 @@ class BernoulliPosterior(nn.Module):
         zs, qs = [], []
         for t in range(T):
             out = run_step(self.mlp, torch.cat([x_e[t], z_prev.detach()], dim=1))
-            zs.append(pick(out, random_index(N, L, self.k, generator, x_e.device), self.k))
+            zs.append(pick(out, random_index(N, L, self.k, generator=generator, device=x_e.device), self.k))
             qs.append(out)
             z_prev = zs[-1]
         return torch.stack(zs), torch.stack(qs).unflatten(2, (L, self.k))
@@ -113,10 +110,10 @@ class BernoulliPosterior(nn.Module):
 class BernoulliPrior(nn.Module):
     """p(z_t | z_<t) (reference PriorBernoulliSTBP): ``forward(z)`` -> ``p_z [T,N,L,k]``; ``generate(n)``."""
 
-    def __init__(self, latent_dim: int, k: int = 20, backend: str = "auto"):
+    def __init__(self, latent_dim: int, k: int = 20, kernel_backend: str = "auto"):
         super().__init__()
         self.latent_dim, self.k = latent_dim, k
-        self.mlp = bernoulli_mlp(latent_dim, latent_dim, k, backend)
+        self.mlp = bernoulli_mlp(latent_dim, latent_dim, k, kernel_backend)
 
     def forward(self, z: torch.Tensor, sampling_prob: float = 0.0, scheduled: bool = True,
                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -148,18 +145,19 @@ class BernoulliPrior(nn.Module):
             inputs = torch.zeros(T + 1, n, L, device=device, dtype=dtype)
             for t in range(T):
                 out = run_prefix(self.mlp, inputs[:t + 1])[-1]
-                inputs[t + 1] = pick(out, random_index(n, L, self.k, generator, device), self.k)
+                inputs[t + 1] = pick(out, random_index(n, L, self.k, generator=generator, device=device), self.k)
             return inputs[1:]
         sj_functional.reset_net(self.mlp)
         for t in range(T):
             out = run_step(self.mlp, z_prev)
-            z_prev = pick(out, random_index(n, L, self.k, generator, device), self.k)
+            z_prev = pick(out, random_index(n, L, self.k, generator=generator, device=device), self.k)
             zs.append(z_prev)
         return torch.stack(zs)
 
 
 class FSVAE(SpikingBackbone):
-    """FSVAE for 32x32 images (MNIST, Fashion-MNIST: 1 channel; CIFAR-10: 3); ``image_size=64`` is FSVAELarge.
+    """FSVAE; 32x32 images by default (MNIST, Fashion-MNIST: 1 channel; CIFAR-10: 3), 64x64 (CelebA) with
+    ``image_size=64`` (the builder ``fsvae_large``). ``hidden`` and ``kernel_backend`` as ESVAE's.
 
     ``forward(x)`` returns ``(reconstruction, q_z [T,N,L,k], p_z [T,N,L,k], z [T,N,L])``; ``encode(x)`` gives the
     encoder spikes x_e and their firing rate, before the posterior network (the input of the Table III probe).
@@ -169,28 +167,25 @@ class FSVAE(SpikingBackbone):
 
     name = "fsvae"
 
-    def __init__(self, in_channels: int = 1, latent_dim: int = 128, T: int = 16, image_size: int = 32,
-                 k: int = 20, scheduled: bool = True, distance: str = "mmd", backend: str = "auto"):
+    def __init__(self, in_channels: int = 1, latent_dim: int = 128, T: int = 16, image_size: int = 32, *,
+                 hidden: Optional[Sequence[int]] = None, k: int = 20, scheduled: bool = True,
+                 distance: str = "mmd", kernel_backend: str = "auto"):
         super().__init__()
-        if image_size not in HIDDEN:
-            raise ValueError(f"image_size must be one of {sorted(HIDDEN)}, got {image_size}")
-        if in_channels not in (1, 3):
-            raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+        hidden = check_model_args(in_channels, image_size, hidden)
         if distance not in DISTANCES:
             raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
         if int(k) < 1 or int(T) < 1 or int(latent_dim) < 1:
             raise ValueError(f"k, T and latent_dim must be >= 1, got k={k}, T={T}, latent_dim={latent_dim}")
-        hidden = HIDDEN[image_size]
         self.in_channels, self.image_size, self.latent_dim = in_channels, image_size, int(latent_dim)
         self.T, self.k, self.scheduled, self.distance = int(T), int(k), bool(scheduled), distance
         self.sampling_prob = SCHEDULE_START
         self.config = dict(model=self.name, in_channels=in_channels, image_size=image_size,
-                           latent_dim=int(latent_dim), T=int(T), k=int(k), scheduled=bool(scheduled),
-                           distance=distance, backend=backend)
-        self.encoder = SpikingEncoder(in_channels, latent_dim, hidden, backend)
-        self.posterior = BernoulliPosterior(latent_dim, k, backend)
-        self.prior = BernoulliPrior(latent_dim, k, backend)
-        self.decoder = SpikingDecoder(in_channels, latent_dim, hidden, backend)
+                           latent_dim=int(latent_dim), T=int(T), hidden=list(hidden), k=int(k),
+                           scheduled=bool(scheduled), distance=distance, kernel_backend=kernel_backend)
+        self.encoder = SpikingEncoder(in_channels, latent_dim, hidden, kernel_backend)
+        self.posterior = BernoulliPosterior(latent_dim, k, kernel_backend)
+        self.prior = BernoulliPrior(latent_dim, k, kernel_backend)
+        self.decoder = SpikingDecoder(in_channels, latent_dim, hidden, kernel_backend)
 
     def set_epoch(self, epoch: int, max_epochs: int) -> float:
         """Scheduled-sampling probability p = 0.1 + 0.2 * epoch / max_epochs (reference update_p)."""
@@ -233,23 +228,3 @@ class FSVAE(SpikingBackbone):
     def param_groups(self, lr: float):
         """One AdamW group at ``lr`` (the reference FSVAE has no per-module learning rates)."""
         return [{"params": list(self.parameters()), "lr": lr}]
-
-
-class FSVAELarge(FSVAE):
-    """FSVAE for 64x64 images (CelebA): hidden channels 32..512, flatten 2048."""
-
-    def __init__(self, in_channels: int = 3, latent_dim: int = 128, T: int = 16, **kwargs):
-        kwargs.pop("image_size", None)
-        super().__init__(in_channels, latent_dim, T, image_size=64, **kwargs)
-
-
-def psp_distance(q_bar: torch.Tensor, p_bar: torch.Tensor) -> torch.Tensor:
-    """FSVAE's "MMD": mean over (T, N, L) of (PSP(q_bar) - PSP(p_bar))^2, PSP over time (dim 0)."""
-    return ((psp(q_bar) - psp(p_bar)) ** 2).mean()
-
-
-def bernoulli_kld(q_bar: torch.Tensor, p_bar: torch.Tensor, eps: float = KLD_EPS) -> torch.Tensor:
-    """Sum over (T, L), mean over N of q log((q+e)/(p+e)) + (1-q) log((1-q+e)/(1-p+e)), tensors ``[T, N, L]``."""
-    kld = q_bar * torch.log((q_bar + eps) / (p_bar + eps)) \
-        + (1 - q_bar) * torch.log((1 - q_bar + eps) / (1 - p_bar + eps))
-    return kld.sum(dim=(0, 2)).mean()

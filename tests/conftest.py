@@ -1,0 +1,75 @@
+"""Shared fixtures of the model tests: tiny backbones (few channels, small T and latent) and images.
+
+A full-size backbone (32..256 or 32..512 channels) is only needed where the architecture itself is tested
+(parameter counts, layer lists); everything else builds these.
+"""
+import pytest
+import torch
+
+from spikingjelly_vae.models import build_model
+
+# conv channels per stage of the tiny backbones: 4 stages for 32x32 images, 5 for 64x64 (2 * 2**stages); 8x8
+# images (2 stages) where the image size does not matter (the CPU conv-transpose cost grows with the pixels)
+TINY_HIDDEN = {8: (4, 8), 32: (4, 4, 8, 8), 64: (4, 4, 8, 8, 8)}
+TINY_KWARGS = {"esvae": dict(latent_dim=8, T=4), "fsvae": dict(latent_dim=8, T=4, k=3),
+               "ann-vae": dict(latent_dim=8)}
+
+
+def tiny(name: str, in_channels: int = 1, image_size: int = 32, **kwargs) -> torch.nn.Module:
+    """``build_model`` of a tiny ``name`` model; ``kwargs`` override the tiny defaults."""
+    config = dict(model=name, in_channels=in_channels, image_size=image_size, hidden=TINY_HIDDEN[image_size],
+                  **{**TINY_KWARGS[name], **kwargs})
+    return build_model(config)
+
+
+def images(n: int, in_channels: int = 1, image_size: int = 32, seed: int = 0) -> torch.Tensor:
+    """``n`` random images in [-1, 1) from a fixed generator."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(n, in_channels, image_size, image_size, generator=gen) * 2 - 1
+
+
+@pytest.fixture
+def tiny_model():
+    """Factory: ``tiny_model("esvae", in_channels=1, image_size=32, **overrides)``, initialised from seed 0."""
+    def make(name: str, *args, seed: int = 0, **kwargs):
+        torch.manual_seed(seed)
+        return tiny(name, *args, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def random_images():
+    """Factory: ``random_images(n, in_channels=1, image_size=32, seed=0)``."""
+    return images
+
+
+def train_steps(model, x, steps: int, lr: float, seed: int = 0, **adamw):
+    """``steps`` AdamW steps of ``model.loss`` on the batch ``x``; returns the loss of every step."""
+    opt = torch.optim.AdamW(model.param_groups(lr), **adamw)
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        terms = model.loss(x, model(x, generator=gen))
+        opt.zero_grad()
+        terms["loss"].backward()
+        opt.step()
+        losses.append(terms["loss"].item())
+    return losses
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_esvae():
+    """A tiny ESVAE (8x8 images, hidden (4, 8), L 8, T 4) after 30 AdamW steps (lr 3e-3, bottleneck x10,
+    wd 1e-3) on 16 fixed images: ``(model in eval mode, images, losses)``; shared, read-only."""
+    torch.manual_seed(0)
+    model = tiny("esvae", image_size=8)
+    x = images(16, image_size=8)
+    losses = train_steps(model, x, 30, 3e-3, weight_decay=1e-3)
+    return model.eval(), x, losses
+
+
+@pytest.fixture
+def adamw_steps():
+    """The function ``train_steps(model, x, steps, lr, seed=0, **adamw)`` -> losses."""
+    return train_steps
