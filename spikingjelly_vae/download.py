@@ -72,7 +72,9 @@ def download_dataset(name: str, root=None, *, log=print) -> Path:
 
 @contextmanager
 def _work_folder(root: Path):
-    """A fresh hidden folder inside `root` (same file system: the final move is a rename); removed after."""
+    """A fresh hidden folder inside `root` (same file system: the final move is a rename); removed after,
+    and `root` too if this call created it and nothing was placed in it."""
+    created = not root.exists()
     try:
         root.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=root))
@@ -83,6 +85,8 @@ def _work_folder(root: Path):
         yield work
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if created and not any(root.iterdir()):
+            root.rmdir()
 
 
 def _place(src: Path, dst: Path) -> None:
@@ -135,7 +139,7 @@ def _fetch(urls, work: Path, filename: str, md5: str, *, what: str, expect: str,
                             f"by hand and put it at {hand}")
     if kinds == {"network"}:
         raise DownloadError(f"cannot download {what}: no network ({detail['network']}); put {expect} "
-                            f"in a folder and pass it as --data-root (or set SJVAE_DATA)")
+                            f"under a folder and pass that folder as --data-root (or set SJVAE_DATA)")
     raise DownloadError(f"cannot download {what}: {'; '.join(d for _, d in problems)}; download {filename} "
                         f"by hand and put it at {hand}, or pass --data-root to a folder holding {expect}")
 
@@ -210,9 +214,10 @@ def _cifar10_other_layout(root: Path) -> Path | None:
 def _cifar10(root: Path, log) -> None:
     cls = datasets.CIFAR10
     folder = root / cls.base_folder
-    if folder.is_dir():
+    if folder.is_dir():  # it is replaced as a whole, so a bad batch means deleting the folder
         for filename, md5 in _cifar10_files():
-            _check_md5(folder / filename, md5)
+            if not tvu.check_integrity(str(folder / filename), md5):
+                raise _corrupt(folder, f"its {filename} is missing or fails torchvision's md5")
         log(f"cifar10: {folder} is complete; nothing to download")
         return
     if (other := _cifar10_other_layout(root)) is not None:
