@@ -93,7 +93,11 @@ def _place(src: Path, dst: Path) -> None:
     """Rename a checked file or folder into place (atomic on one file system)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     if src.is_dir():
-        src.rename(dst)  # fails if dst appeared meanwhile: nothing is overwritten
+        try:
+            src.rename(dst)  # fails if dst appeared meanwhile: nothing is overwritten
+        except OSError:
+            raise DownloadError(f"{dst} appeared during the download (another download running?); "
+                                "run again once it has finished") from None
     else:
         os.replace(src, dst)
 

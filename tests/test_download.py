@@ -371,3 +371,17 @@ def test_bad_arguments(tmp_path):
     (tmp_path / "afile").write_text("")
     with pytest.raises(DownloadError, match="is not a folder"):
         download_dataset("mnist", tmp_path / "afile")
+
+
+def test_folder_appearing_meanwhile_is_not_overwritten(sandbox, cifar_server, monkeypatch):
+    real = tvu.download_url
+
+    def racing_download(*args, **kwargs):  # another process finishes first
+        (sandbox / "cifar-10-batches-py").mkdir(parents=True)
+        (sandbox / "cifar-10-batches-py" / "theirs").write_text("x")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tvu, "download_url", racing_download)
+    with pytest.raises(DownloadError, match="cifar-10-batches-py appeared during the download"):
+        download_dataset("cifar10", sandbox, log=lambda s: None)
+    assert _tree(sandbox) == ["cifar-10-batches-py", "cifar-10-batches-py/theirs"]
