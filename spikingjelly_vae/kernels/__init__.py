@@ -11,9 +11,9 @@ import torch
 
 from . import lif as _lif
 from . import poisson as _poisson
-from .dispatch import BACKENDS, KERNEL_DTYPES, select_backend
+from .dispatch import BACKENDS, KERNEL_DTYPES, check_backend, select_backend
 
-__all__ = ["lif_multistep", "lif_multistep_torch", "poisson_sample", "select_backend", "BACKENDS",
+__all__ = ["lif_multistep", "lif_multistep_torch", "poisson_sample", "select_backend", "check_backend", "BACKENDS",
            "KERNEL_DTYPES"]
 
 
@@ -23,27 +23,29 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
 
 def lif_multistep(x_seq: torch.Tensor, decay: float = 0.25, v_threshold: float = 0.2, v_reset: float = 0.0,
                   centre: float = 0.0, half_width: float = 0.5, backend: str = "auto",
-                  v_init: Optional[torch.Tensor] = None, return_v: bool = False):
-    """Spikes ``[T, ...]`` of the paper's LIF for inputs ``x_seq [T, ...]``, differentiable.
+                  v_init: Optional[torch.Tensor] = None, return_v: bool = False, *, return_h: bool = False):
+    """Spikes ``[T, ...]`` of the paper's LIF (ESVAE Eqs. 1-3) for inputs ``x_seq [T, ...]``, differentiable.
 
-    h_t = v_reset + decay (v_{t-1} - v_reset) + x_t, o_t = 1[h_t >= v_threshold],
-    v_t = h_t (1 - o_t) + v_reset o_t (reset not detached), v_{-1} = ``v_init`` (None: v_reset);
+    h_t = v_reset + decay (v_{t-1} - v_reset) + x_t (Eq. 1), o_t = 1[h_t >= v_threshold] (Eq. 2),
+    v_t = h_t (1 - o_t) + v_reset o_t (Eq. 3, reset not detached), v_{-1} = ``v_init`` (None: v_reset);
     surrogate do/dh = 1[|h - centre| < half_width] / (2 half_width).
     ``v_init``: a tensor shaped like ``x_seq[0]`` (gradients flow into it). With ``return_v=True`` the
     result is ``(spikes, v_last)``, v_last = v_{T-1} (differentiable) in float32 (float64 for float64
-    input): pass it as the next call's ``v_init`` to continue the sequence exactly.
+    input): pass it as the next call's ``v_init`` to continue the sequence exactly. ``return_h=True``
+    appends h ``[T, ...]`` (input dtype, differentiable): ``(spikes, h)`` or ``(spikes, v_last, h)``.
     """
     _lif.check_input(x_seq, v_init)
     p = _lif.LIFParams(decay, v_threshold, v_reset, centre, half_width, exact=x_seq.dtype == torch.float64)
     cupy = select_backend(x_seq, backend) == "cupy"
     grads = (x_seq,) if v_init is None else (x_seq, v_init)
     if _needs_grad(*grads):
-        spikes, v_last = (_lif.LIFCuPy if cupy else _lif.LIFTorch).apply(x_seq, v_init, p)
+        spikes, v_last, h_seq = (_lif.LIFCuPy if cupy else _lif.LIFTorch).apply(x_seq, v_init, p)
     elif cupy:
-        spikes, _, v_last = _lif.cupy_forward(x_seq, p, keep_h=False, v_init=v_init, keep_v=return_v)
+        spikes, h_seq, v_last = _lif.cupy_forward(x_seq, p, keep_h=return_h, v_init=v_init, keep_v=return_v)
     else:
-        spikes, _, v_last = _lif.torch_forward(x_seq, p, keep_h=False, v_init=v_init)
-    return (spikes, v_last) if return_v else spikes
+        spikes, h_seq, v_last = _lif.torch_forward(x_seq, p, keep_h=return_h, v_init=v_init)
+    out = (spikes,) + ((v_last,) if return_v else ()) + ((h_seq,) if return_h else ())
+    return out if len(out) > 1 else spikes
 
 
 def lif_multistep_torch(x_seq: torch.Tensor, decay: float = 0.25, v_threshold: float = 0.2,
