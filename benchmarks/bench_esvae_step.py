@@ -6,9 +6,9 @@ CUDA max_memory_allocated over the timed steps, or on CPU the growth of the peak
 just before the first step to the end.
 
 Variants (``--variants``):
-  cupy        ESVAE(backend="cupy"): our CuPy LIF and Poisson kernels (CUDA + CuPy only)
-  torch       ESVAE(backend="torch"): PaperLIFNode's plain autograd loop (the lead's reference path)
-  lean-torch  ESVAE(backend="torch") with PaperLIFNode's loop replaced by kernels.lif_multistep_torch
+  cupy        ESVAE(kernel_backend="cupy"): our CuPy LIF and Poisson kernels (CUDA + CuPy only)
+  torch       ESVAE(kernel_backend="torch"): PaperLIFNode's plain autograd loop (the lead's reference path)
+  lean-torch  ESVAE(kernel_backend="torch") with PaperLIFNode's loop replaced by kernels.lif_multistep_torch
 Options to try on a GPU: --channels-last, --bf16 (torch.autocast bfloat16), --compile (torch.compile).
 
     python benchmarks/bench_esvae_step.py                       # CUDA: batch 256; CPU: batch 16
@@ -63,7 +63,7 @@ def run_variant(variant: str, opts: dict) -> dict:
     if variant == "lean-torch":
         route_lif_to_lean_torch()
     torch.manual_seed(0)
-    model = ESVAE(in_channels=3, latent_dim=128, T=opts["T"], image_size=32, backend=backend).to(device)
+    model = ESVAE(in_channels=3, latent_dim=128, T=opts["T"], image_size=32, kernel_backend=backend).to(device)
     x = torch.rand(opts["batch"], 3, 32, 32, generator=torch.Generator().manual_seed(1))
     x = x.mul(2).sub(1).to(device)
     if opts["channels_last"]:

@@ -56,11 +56,11 @@ class ThresholdDependentBatchNorm(nn.modules.batchnorm._BatchNorm):
 class _TemporalBlock(nn.Module):
     """weight (applied per step) -> optional tdBN -> optional LIF."""
 
-    def __init__(self, weight: nn.Module, channels: int, bn: bool, spike: bool, alpha: float, backend: str):
+    def __init__(self, weight: nn.Module, channels: int, bn: bool, spike: bool, alpha: float, kernel_backend: str):
         super().__init__()
         self.weight_layer = weight
         self.bn = ThresholdDependentBatchNorm(channels, alpha=alpha) if bn else None
-        self.lif = PaperLIFNode(backend=backend) if spike else None
+        self.lif = PaperLIFNode(kernel_backend=kernel_backend) if spike else None
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         T = x_seq.shape[0]
@@ -81,25 +81,25 @@ class TemporalConv2d(_TemporalBlock):
     """Conv2d shared over T (reference tdConv, kernel (k, k, 1)) -> tdBN -> LIF."""
 
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=2, padding=1, bn=True, spike=True,
-                 alpha=1.0, backend="auto"):
+                 alpha=1.0, kernel_backend="auto"):
         conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding)
-        super().__init__(conv, out_channels, bn, spike, alpha, backend)
+        super().__init__(conv, out_channels, bn, spike, alpha, kernel_backend)
 
 
 class TemporalConvTranspose2d(_TemporalBlock):
     """ConvTranspose2d shared over T (reference tdConvTranspose) -> tdBN -> LIF."""
 
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=2, padding=1, output_padding=1,
-                 bn=True, spike=True, alpha=1.0, backend="auto"):
+                 bn=True, spike=True, alpha=1.0, kernel_backend="auto"):
         conv = nn.ConvTranspose2d(in_channels, out_channels, kernel_size, stride, padding, output_padding)
-        super().__init__(conv, out_channels, bn, spike, alpha, backend)
+        super().__init__(conv, out_channels, bn, spike, alpha, kernel_backend)
 
 
 class TemporalLinear(_TemporalBlock):
     """Linear applied per step on ``[T, N, C]`` (reference tdLinear) -> tdBN -> LIF."""
 
-    def __init__(self, in_features, out_features, bn=True, spike=True, alpha=1.0, backend="auto"):
-        super().__init__(nn.Linear(in_features, out_features), out_features, bn, spike, alpha, backend)
+    def __init__(self, in_features, out_features, bn=True, spike=True, alpha=1.0, kernel_backend="auto"):
+        super().__init__(nn.Linear(in_features, out_features), out_features, bn, spike, alpha, kernel_backend)
 
 
 class MembraneOutputLayer(nn.Module):

@@ -168,7 +168,7 @@ N, L, K, T = 3, 4, 3, 8
 @pytest.mark.parametrize("training", [True, False])
 def test_posterior_matches_reference_loop(training):
     torch.manual_seed(0)
-    post = BernoulliPosterior(L, K, backend="torch").train(training)
+    post = BernoulliPosterior(L, K, kernel_backend="torch").train(training)
     if not training:
         randomise_stats(post.mlp, 1)
     layers = ref_params(post.mlp)
@@ -193,7 +193,7 @@ def test_posterior_matches_reference_loop(training):
 def test_training_prefix_passes_update_running_stats():
     """The quirk kept: each of the T-1 prefix passes updates the running stats, not only the full pass."""
     torch.manual_seed(0)
-    post = BernoulliPosterior(L, K, backend="torch")
+    post = BernoulliPosterior(L, K, kernel_backend="torch")
     full_only = ref_params(post.mlp)  # fresh running stats (0, 1)
     x_e = (torch.rand(T, N, L) < 0.4).float()
     z, _ = post(x_e, torch.Generator().manual_seed(0))
@@ -207,7 +207,7 @@ def test_training_prefix_passes_update_running_stats():
 def test_posterior_eval_is_one_incremental_pass():
     """Eval mode: the stepwise pass equals the reference's prefix re-runs, at O(T) MLP steps."""
     torch.manual_seed(1)
-    post = BernoulliPosterior(L, K, backend="torch").eval()
+    post = BernoulliPosterior(L, K, kernel_backend="torch").eval()
     randomise_stats(post.mlp, 2)
     calls = []
     post.mlp[2].weight_layer.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
@@ -221,7 +221,7 @@ def test_prior_scheduled_sampling_matches_reference(p, k):
     """k = 2 makes mean_k = 0.5 common, so the 1e-3 noise decides the threshold."""
     torch.manual_seed(2)
     T_ = 10
-    prior = BernoulliPrior(L, k, backend="torch")
+    prior = BernoulliPrior(L, k, kernel_backend="torch")
     layers = ref_params(prior.mlp)
     z = (torch.rand(T_, N, L) < 0.5).float()
     p_z = prior(z, p, True, torch.Generator().manual_seed(7))
@@ -240,7 +240,7 @@ def test_prior_scheduled_sampling_matches_reference(p, k):
 
 def test_prior_scheduled_sampling_replaces_inputs_only_from_step_5():
     torch.manual_seed(3)
-    prior = BernoulliPrior(L, K, backend="torch")
+    prior = BernoulliPrior(L, K, kernel_backend="torch")
     seen = []
     prior.mlp[0].weight_layer.register_forward_hook(lambda m, i, o: seen.append(i[0].clone()))
     z = (torch.rand(10, N, L) < 0.5).float()
@@ -261,7 +261,7 @@ def test_prior_scheduled_sampling_replaces_inputs_only_from_step_5():
 @pytest.mark.parametrize("training", [True, False])
 def test_generation_matches_reference(training):
     torch.manual_seed(4)
-    prior = BernoulliPrior(L, K, backend="torch").train(training)
+    prior = BernoulliPrior(L, K, kernel_backend="torch").train(training)
     randomise_stats(prior.mlp, 3)  # (in training mode a zero start gives zero spikes unless a BN bias fires)
     layers = ref_params(prior.mlp)
     z = prior.generate(N, torch.Generator().manual_seed(9), T=T)
@@ -274,7 +274,7 @@ def test_generation_matches_reference(training):
 # ---------------------------------------------------------------- loss and schedule
 def test_loss_matches_reference():
     torch.manual_seed(5)
-    model = FSVAE(1, L, T=T, k=K, backend="torch")
+    model = FSVAE(1, L, T=T, k=K, kernel_backend="torch")
     x = torch.rand(N, 1, 32, 32) * 2 - 1
     recon = torch.tanh(torch.randn(N, 1, 32, 32))
     q_z, p_z = torch.rand(T, N, L, K), torch.rand(T, N, L, K)
@@ -284,7 +284,7 @@ def test_loss_matches_reference():
     torch.testing.assert_close(terms["mmd"], mmd)
     torch.testing.assert_close(terms["recon"], F.mse_loss(recon, x))
     torch.testing.assert_close(terms["loss"], F.mse_loss(recon, x) + mmd)
-    model_kld = FSVAE(1, L, T=T, k=K, distance="kld", backend="torch")
+    model_kld = FSVAE(1, L, T=T, k=K, distance="kld", kernel_backend="torch")
     terms = model_kld.loss(x, (recon, q_z, p_z, None))
     kld = q_bar * torch.log((q_bar + 1e-2) / (p_bar + 1e-2)) \
         + (1 - q_bar) * torch.log((1 - q_bar + 1e-2) / (1 - p_bar + 1e-2))
@@ -337,7 +337,7 @@ def test_parameter_counts():
 
 def test_forward_is_exact_given_generator_and_gradients_flow():
     torch.manual_seed(6)
-    model = FSVAE(1, 8, T=6, k=3, backend="torch")
+    model = FSVAE(1, 8, T=6, k=3, kernel_backend="torch")
     x = torch.rand(4, 1, 32, 32) * 2 - 1
     state = {k: v.clone() for k, v in model.state_dict().items()}
     out1 = model(x, generator=torch.Generator().manual_seed(1))
@@ -360,7 +360,7 @@ def test_forward_is_exact_given_generator_and_gradients_flow():
 
 def test_optimisation_lowers_loss():
     torch.manual_seed(0)
-    model = FSVAE(1, 8, T=4, k=3, backend="torch")
+    model = FSVAE(1, 8, T=4, k=3, kernel_backend="torch")
     x = torch.rand(8, 1, 32, 32) * 2 - 1
     opt = torch.optim.AdamW(model.param_groups(3e-3), weight_decay=1e-3)
     gen = torch.Generator().manual_seed(0)

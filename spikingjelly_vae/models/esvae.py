@@ -25,7 +25,7 @@ class ESVAE(SpikingBackbone):
     name = "esvae"
 
     def __init__(self, in_channels: int = 1, latent_dim: int = 128, T: int = 16, image_size: int = 32,
-                 mmd_lambda: float = 1e-3, half_width: float = 0.5, backend: str = "auto"):
+                 mmd_lambda: float = 1e-3, half_width: float = 0.5, kernel_backend: str = "auto"):
         super().__init__()
         if image_size not in HIDDEN:
             raise ValueError(f"image_size must be one of {sorted(HIDDEN)}, got {image_size}")
@@ -36,11 +36,11 @@ class ESVAE(SpikingBackbone):
         self.mmd_lambda = float(mmd_lambda)
         self.config = dict(model=self.name, in_channels=in_channels, image_size=image_size,
                            latent_dim=latent_dim, T=int(T), mmd_lambda=float(mmd_lambda),
-                           half_width=float(half_width), backend=backend)
-        self.encoder = SpikingEncoder(in_channels, latent_dim, hidden, backend)
-        self.latent = PoissonLatent(T=T, half_width=half_width, backend=backend)
+                           half_width=float(half_width), kernel_backend=kernel_backend)
+        self.encoder = SpikingEncoder(in_channels, latent_dim, hidden, kernel_backend)
+        self.latent = PoissonLatent(T=T, half_width=half_width, kernel_backend=kernel_backend)
         self.prior_layer = nn.Linear(latent_dim, latent_dim)  # the "bottleneck" (reference: sample_layer)
-        self.decoder = SpikingDecoder(in_channels, latent_dim, hidden, backend)
+        self.decoder = SpikingDecoder(in_channels, latent_dim, hidden, kernel_backend)
 
     def prior_rate(self, n: int, generator: Optional[torch.Generator] = None,
                    device: Optional[torch.device] = None) -> torch.Tensor:

@@ -33,12 +33,12 @@ KLD_WEIGHT, KLD_EPS = 1e-4, 1e-2
 DISTANCES = ("mmd", "kld")
 
 
-def bernoulli_mlp(in_features: int, latent_dim: int, k: int, backend: str = "auto") -> nn.Sequential:
+def bernoulli_mlp(in_features: int, latent_dim: int, k: int, kernel_backend: str = "auto") -> nn.Sequential:
     """The FSVAE latent MLP: in -> 2L -> 4L -> kL, each TemporalLinear -> tdBN(alpha=2) -> LIF."""
     L = latent_dim
-    return nn.Sequential(TemporalLinear(in_features, 2 * L, alpha=2.0, backend=backend),
-                         TemporalLinear(2 * L, 4 * L, alpha=2.0, backend=backend),
-                         TemporalLinear(4 * L, k * L, alpha=2.0, backend=backend))
+    return nn.Sequential(TemporalLinear(in_features, 2 * L, alpha=2.0, kernel_backend=kernel_backend),
+                         TemporalLinear(2 * L, 4 * L, alpha=2.0, kernel_backend=kernel_backend),
+                         TemporalLinear(4 * L, k * L, alpha=2.0, kernel_backend=kernel_backend))
 
 
 def run_prefix(mlp: nn.Sequential, x_seq: torch.Tensor) -> torch.Tensor:
@@ -71,10 +71,10 @@ def pick(spikes: torch.Tensor, index: torch.Tensor, k: int) -> torch.Tensor:
 class BernoulliPosterior(nn.Module):
     """q(z_t | x_<=t, z_<t) (reference PosteriorBernoulliSTBP); ``forward(x_e)`` -> ``(z [T,N,L], q_z [T,N,L,k])``."""
 
-    def __init__(self, latent_dim: int, k: int = 20, backend: str = "auto"):
+    def __init__(self, latent_dim: int, k: int = 20, kernel_backend: str = "auto"):
         super().__init__()
         self.latent_dim, self.k = latent_dim, k
-        self.mlp = bernoulli_mlp(2 * latent_dim, latent_dim, k, backend)
+        self.mlp = bernoulli_mlp(2 * latent_dim, latent_dim, k, kernel_backend)
 
     def forward(self, x_e: torch.Tensor, generator: Optional[torch.Generator] = None):
         if self.training:
@@ -113,10 +113,10 @@ class BernoulliPosterior(nn.Module):
 class BernoulliPrior(nn.Module):
     """p(z_t | z_<t) (reference PriorBernoulliSTBP): ``forward(z)`` -> ``p_z [T,N,L,k]``; ``generate(n)``."""
 
-    def __init__(self, latent_dim: int, k: int = 20, backend: str = "auto"):
+    def __init__(self, latent_dim: int, k: int = 20, kernel_backend: str = "auto"):
         super().__init__()
         self.latent_dim, self.k = latent_dim, k
-        self.mlp = bernoulli_mlp(latent_dim, latent_dim, k, backend)
+        self.mlp = bernoulli_mlp(latent_dim, latent_dim, k, kernel_backend)
 
     def forward(self, z: torch.Tensor, sampling_prob: float = 0.0, scheduled: bool = True,
                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -170,7 +170,7 @@ class FSVAE(SpikingBackbone):
     name = "fsvae"
 
     def __init__(self, in_channels: int = 1, latent_dim: int = 128, T: int = 16, image_size: int = 32,
-                 k: int = 20, scheduled: bool = True, distance: str = "mmd", backend: str = "auto"):
+                 k: int = 20, scheduled: bool = True, distance: str = "mmd", kernel_backend: str = "auto"):
         super().__init__()
         if image_size not in HIDDEN:
             raise ValueError(f"image_size must be one of {sorted(HIDDEN)}, got {image_size}")
@@ -186,11 +186,11 @@ class FSVAE(SpikingBackbone):
         self.sampling_prob = SCHEDULE_START
         self.config = dict(model=self.name, in_channels=in_channels, image_size=image_size,
                            latent_dim=int(latent_dim), T=int(T), k=int(k), scheduled=bool(scheduled),
-                           distance=distance, backend=backend)
-        self.encoder = SpikingEncoder(in_channels, latent_dim, hidden, backend)
-        self.posterior = BernoulliPosterior(latent_dim, k, backend)
-        self.prior = BernoulliPrior(latent_dim, k, backend)
-        self.decoder = SpikingDecoder(in_channels, latent_dim, hidden, backend)
+                           distance=distance, kernel_backend=kernel_backend)
+        self.encoder = SpikingEncoder(in_channels, latent_dim, hidden, kernel_backend)
+        self.posterior = BernoulliPosterior(latent_dim, k, kernel_backend)
+        self.prior = BernoulliPrior(latent_dim, k, kernel_backend)
+        self.decoder = SpikingDecoder(in_channels, latent_dim, hidden, kernel_backend)
 
     def set_epoch(self, epoch: int, max_epochs: int) -> float:
         """Scheduled-sampling probability p = 0.1 + 0.2 * epoch / max_epochs (reference update_p)."""
