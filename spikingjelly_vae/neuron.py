@@ -106,7 +106,8 @@ class PoissonLatent(base.MemoryModule):
         self.kernel_backend = kernels.check_backend(kernel_backend, "kernel_backend")
 
     def _sample(self, rate: torch.Tensor, T: int, generator) -> torch.Tensor:
-        check_rate(rate)
+        if not (rate.is_cuda and torch.cuda.is_current_stream_capturing()):
+            check_rate(rate)  # reads values back (a host sync): not while a CUDA graph is being captured
         generator = generator if generator is not None else self.generator
         return kernels.poisson_sample(rate, T, half_width=self.half_width, generator=generator,
                                       backend=self.kernel_backend)
