@@ -217,3 +217,24 @@ def test_signature_parser():
     assert sigs["lif_forward"] == ["ptr"] * 5 + ["long long", "int", "float", "float", "float"]
     assert sigs["lif_backward"] == ["ptr"] * 7 + ["long long", "int"] + ["float"] * 5
     assert sigs["poisson_backward"] == ["ptr", "ptr", "ptr", "long long", "int", "float"]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_tdbn_lif_cupy_path_equals_torch_path(emulated, training):
+    """The fused tdBN + LIF with its LIF part on the (emulated) CUDA kernels, forward and recomputing
+    backward, equals its torch path bit for bit."""
+    from spikingjelly_vae.kernels import bn_lif as ktdbn
+
+    g = torch.Generator().manual_seed(7)
+    x, w, b = torch.randn(5, 2, 3, 4, 4, generator=g), torch.rand(3, generator=g) + 0.5, torch.zeros(3)
+    grad = torch.randn(5, 2, 3, 4, 4, generator=g)
+    p = klif.LIFParams(0.25, 0.2, 0.0, 0.0, 0.5)
+    out = []
+    for cupy in (True, False):
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        bn = (torch.zeros(3), torch.ones(3), training, 0.1, 1e-5, 0.2)
+        spikes, _ = ktdbn.TdBNLIF.apply(*leaves, None, bn, p, cupy)
+        spikes.backward(grad)
+        out.append((spikes, bn[0], *(t.grad for t in leaves)))
+    assert all(torch.equal(a, c) for a, c in zip(*out))
+    assert any(name == "lif_backward" for name, _ in emulated)

@@ -237,3 +237,33 @@ def test_kernels_compile_once_per_dtype():
     info = launch.get_kernel.cache_info()
     assert info.misses == 1 and info.hits == 2
     assert launch._module.cache_info().currsize >= 1
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("backend", ["cupy", "torch"])
+def test_tdbn_lif_equals_unfused_on_cuda(training, backend):
+    """kernels.tdbn_lif (fused tdBN + LIF, recomputing backward) vs F.batch_norm -> lif_multistep on CUDA
+    (cuDNN or native BN, whichever torch picks for both): spikes and running statistics equal, gradients
+    within 1e-6 (equality expected: the same BN kernels run)."""
+    import torch.nn.functional as F
+
+    g = torch.Generator(device="cuda").manual_seed(3)
+    x = torch.randn(16, 32, 64, 8, 8, device="cuda", generator=g) * 0.7 + 0.1
+    w, b = torch.rand(64, device="cuda", generator=g) + 0.5, torch.randn(64, device="cuda", generator=g) * 0.1
+    grad = torch.randn(x.shape, device="cuda", generator=g)
+    out = []
+    for fused in (True, False):
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        rm, rv = torch.zeros(64, device="cuda"), torch.ones(64, device="cuda")
+        if fused:
+            s = kernels.tdbn_lif(*leaves, running_mean=rm, running_var=rv, training=training, scale=0.2,
+                                 backend=backend)
+        else:
+            y = F.batch_norm(leaves[0].flatten(0, 1), rm, rv, leaves[1] * 0.2, leaves[2], training, 0.1, 1e-5)
+            s = kernels.lif_multistep(y.unflatten(0, x.shape[:2]), backend=backend)
+        s.backward(grad)
+        out.append((s, rm, rv, *(t.grad for t in leaves)))
+    for a, c in zip(out[0][:3], out[1][:3]):
+        assert torch.equal(a, c)
+    for a, c in zip(out[0][3:], out[1][3:]):
+        torch.testing.assert_close(a, c, rtol=0, atol=1e-6)

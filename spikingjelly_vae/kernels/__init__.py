@@ -11,9 +11,10 @@ import torch
 
 from . import lif as _lif
 from . import poisson as _poisson
+from . import bn_lif as _bn_lif
 from .dispatch import BACKENDS, KERNEL_DTYPES, check_backend, select_backend
 
-__all__ = ["lif_multistep", "lif_multistep_torch", "poisson_sample", "select_backend", "check_backend", "BACKENDS",
+__all__ = ["lif_multistep", "lif_multistep_torch", "tdbn_lif", "poisson_sample", "select_backend", "check_backend", "BACKENDS",
            "KERNEL_DTYPES"]
 
 
@@ -54,6 +55,30 @@ def lif_multistep_torch(x_seq: torch.Tensor, decay: float = 0.25, v_threshold: f
     """The torch path of :func:`lif_multistep` on any device (what CPU users get)."""
     return lif_multistep(x_seq, decay, v_threshold, v_reset, centre, half_width, backend="torch",
                          v_init=v_init, return_v=return_v)
+
+
+def tdbn_lif(x_seq: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
+             running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor], training: bool,
+             momentum: float = 0.1, eps: float = 1e-5, scale: float = 0.2, decay: float = 0.25,
+             v_threshold: float = 0.2, v_reset: float = 0.0, centre: float = 0.0, half_width: float = 0.5,
+             v_init: Optional[torch.Tensor] = None, backend: str = "auto", return_v: bool = False):
+    """Opt-in fused ``LIF(tdBN(x_seq))``: spikes ``[T, N, C, ...]`` equal to the unfused composition
+    ``lif_multistep(unfold(F.batch_norm(fold(x_seq), running_mean, running_var, weight * scale, bias,
+    training, momentum, eps)))`` bit for bit (spikes, running statistics, gradients), keeping x instead of
+    x and h for backward (h and y are recomputed there). ``scale`` = alpha * v_th of tdBN; the caller
+    counts ``num_batches_tracked``. ``return_v``/``v_init`` as in :func:`lif_multistep`.
+    """
+    if not isinstance(x_seq, torch.Tensor) or x_seq.dim() < 3 or not x_seq.is_floating_point():
+        raise ValueError("tdbn_lif expects a floating-point tensor [T, N, C, ...]")
+    if weight.shape != (x_seq.shape[2],) or bias.shape != (x_seq.shape[2],):
+        raise ValueError(f"weight and bias must have shape ({x_seq.shape[2]},) (channels at dim 2 of "
+                         f"{tuple(x_seq.shape)}), got {tuple(weight.shape)} and {tuple(bias.shape)}")
+    _lif.check_input(x_seq, v_init)
+    p = _lif.LIFParams(decay, v_threshold, v_reset, centre, half_width, exact=x_seq.dtype == torch.float64)
+    cupy = select_backend(x_seq, backend) == "cupy"
+    bn = (running_mean, running_var, bool(training), float(momentum), float(eps), float(scale))
+    spikes, v_last = _bn_lif.TdBNLIF.apply(x_seq, weight, bias, v_init, bn, p, cupy)
+    return (spikes, v_last) if return_v else spikes
 
 
 def poisson_sample(rate: torch.Tensor, T: int, half_width: float = 0.5,
