@@ -6,7 +6,6 @@ In SpikingJelly terms: LIFNode(tau=1/(1-decay), decay_input=False, v_reset=0., d
 Both modules run ``spikingjelly_vae.kernels`` on every path; which kernel (CuPy or torch) is decided there.
 Our switch is ``kernel_backend``; SpikingJelly's own ``backend`` (0.0.0.0.14 only) is left at "torch".
 """
-import logging
 from typing import Optional
 
 import torch
@@ -17,7 +16,6 @@ from .functional import check_rate, firing_rate
 from .registry import register_neuron
 from .surrogate import RectangleSurrogate
 
-log = logging.getLogger(__name__)
 BACKENDS = kernels.BACKENDS
 
 
@@ -126,4 +124,5 @@ class PoissonLatent(base.MemoryModule):
         return self._sample(rate, 1, generator)[0]
 
     def extra_repr(self) -> str:
-        return f"T={self.T}, half_width={self.half_width}, step_mode={self.step_mode}, kernel_backend={self.kernel_backend}"
+        return f"T={self.T}, half_width={self.half_width}, step_mode={self.step_mode}, " \
+               f"kernel_backend={self.kernel_backend}"

@@ -3,7 +3,8 @@
 ``lif_multistep`` and ``poisson_sample`` run a CuPy kernel for CUDA tensors when CuPy works, and a lean
 torch implementation otherwise (``select_backend`` decides and logs why, once per reason). Both paths
 compute the same float32 operations in the same order, so their results agree bit for bit. CuPy is
-imported only when a CUDA tensor asks for it. See docs/kernels.md.
+imported only when a CUDA tensor asks for it. ``tdbn_lif`` (opt-in) is tdBN + LIF keeping less for
+backward. See docs/kernels.md.
 """
 from typing import Optional
 
@@ -14,8 +15,8 @@ from . import poisson as _poisson
 from . import bn_lif as _bn_lif
 from .dispatch import BACKENDS, KERNEL_DTYPES, check_backend, select_backend
 
-__all__ = ["lif_multistep", "lif_multistep_torch", "tdbn_lif", "poisson_sample", "select_backend", "check_backend", "BACKENDS",
-           "KERNEL_DTYPES"]
+__all__ = ["lif_multistep", "lif_multistep_torch", "tdbn_lif", "poisson_sample", "select_backend", "check_backend",
+           "BACKENDS", "KERNEL_DTYPES"]
 
 
 def _needs_grad(*tensors: torch.Tensor) -> bool:

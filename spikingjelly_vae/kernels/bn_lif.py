@@ -16,8 +16,6 @@ import torch
 
 from . import lif as _lif
 
-BNParams = tuple  # (training, momentum, eps, scale)
-
 
 def _bn_forward(x, w, bias, running_mean, running_var, training, momentum, eps):
     return torch._batch_norm_impl_index(x, w, bias, running_mean, running_var, training, momentum, eps,

@@ -29,7 +29,8 @@ class SpikingEncoder(nn.Module):
     def __init__(self, in_channels: int, latent_dim: int, hidden: Sequence[int], kernel_backend: str = "auto"):
         super().__init__()
         chans = (in_channels, *hidden)
-        self.convs = nn.Sequential(*[TemporalConv2d(a, b, kernel_backend=kernel_backend) for a, b in zip(chans, chans[1:])])
+        self.convs = nn.Sequential(*[TemporalConv2d(a, b, kernel_backend=kernel_backend)
+                                     for a, b in zip(chans, chans[1:])])
         self.before_latent = TemporalLinear(hidden[-1] * 4, latent_dim, kernel_backend=kernel_backend)
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
