@@ -9,7 +9,7 @@ Implementations (one process, same inputs):
   sj_lif_atan       the same LIFNode with SpikingJelly's built-in ATan surrogate: its native path (a custom
                     op with its own backward on CPU; native CUDA / Triton on GPU). Different gradient!
   plain_loop        a plain autograd loop over T with our rectangle surrogate
-  paper_lif_node_torch  PaperLIFNode(backend="torch"): the package's neuron module on its torch path
+  paper_lif_node_torch  PaperLIFNode(kernel_backend="torch"): the package's neuron module on its torch path
 Memory: ``saved_bytes`` = bytes autograd keeps for backward (deduplicated by storage), and
 ``saved_bytes_beyond_output`` the same without the returned spikes (kept by the next layer anyway); on
 CUDA also the peak allocated during forward+backward above what was allocated before. CPU peak RSS is
@@ -160,7 +160,7 @@ def implementations(device: torch.device, decay=0.25, v_th=0.2):
         from spikingjelly_vae.neuron import PaperLIFNode
     except ImportError:
         return impls
-    paper = PaperLIFNode(decay=decay, v_threshold=v_th, backend="torch")
+    paper = PaperLIFNode(decay=decay, v_threshold=v_th, kernel_backend="torch")
 
     def paper_lif_node_torch(x):
         functional.reset_net(paper)

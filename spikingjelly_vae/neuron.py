@@ -1,46 +1,33 @@
-"""The paper's LIF neuron and the Poisson latent layer, as SpikingJelly multi-step modules.
+"""The paper's LIF neuron and the Poisson latent layer, as SpikingJelly modules.
 
-LIF (reference_spec 1.1):  u_t = 0.25 * u_{t-1} * (1 - o_{t-1}) + x_t,  o_t = 1[u_t >= 0.2],
+LIF (ESVAE paper, Eqs. 1-3):  u_t = 0.25 * u_{t-1} * (1 - o_{t-1}) + x_t,  o_t = 1[u_t >= 0.2],
 hard reset to 0 with the reset not detached, rectangle surrogate on u in (-0.5, 0.5).
 In SpikingJelly terms: LIFNode(tau=1/(1-decay), decay_input=False, v_reset=0., detach_reset=False).
+Both modules run ``spikingjelly_vae.kernels`` on every path; which kernel (CuPy or torch) is decided there.
+Our switch is ``kernel_backend``; SpikingJelly's own ``backend`` (0.0.0.0.14 only) is left at "torch".
 """
-import logging
 from typing import Optional
 
 import torch
 from spikingjelly.activation_based import base, neuron
 
-from .functional import check_rate, firing_rate, poisson_spikes
+from . import kernels
+from .functional import check_rate, firing_rate
 from .registry import register_neuron
 from .surrogate import RectangleSurrogate
 
-log = logging.getLogger(__name__)
-BACKENDS = ("auto", "cupy", "torch")
-
-
-def _check_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return backend
-
-
-def _use_cupy(tensor: torch.Tensor, backend: str) -> bool:
-    """True when our CuPy kernels should run; ``kernels.select_backend`` logs (once) why or why not."""
-    if backend == "torch" or (backend == "auto" and not tensor.is_cuda):
-        return False
-    from .kernels import select_backend
-
-    return select_backend(tensor, backend) == "cupy"
+BACKENDS = kernels.BACKENDS
 
 
 @register_neuron("paper_lif")
 class PaperLIFNode(neuron.LIFNode):
     """SpikingJelly ``LIFNode`` with the ESVAE/FSVAE constants (decay 0.25, v_th 0.2, hard reset to 0).
 
-    ``decay`` is the multiplicative factor of the reference (u <- decay * u + x), i.e. ``tau = 1/(1-decay)``.
-    ``centre``/``half_width`` place the rectangle surrogate on the membrane potential (reference: 0, 0.5).
-    ``backend``: "auto" (CuPy kernel for CUDA tensors when CuPy works, else SpikingJelly's torch path),
-    "cupy" or "torch".
+    Eq. 1: u_t = decay * u_{t-1} * (1 - o_{t-1}) + x_t;  Eq. 2: o_t = 1[u_t >= v_th];  Eq. 3: the
+    rectangle surrogate do/du = 1[|u - centre| < half_width] / (2 half_width) (reference: 0, 0.5).
+    ``decay`` is the multiplicative factor (u <- decay * u + x), i.e. ``tau = 1/(1-decay)``.
+    ``kernel_backend``: "auto" (CuPy kernel for CUDA tensors when CuPy works, else the torch path),
+    "cupy" or "torch"; see ``kernels.select_backend``.
     """
 
     def __init__(self, decay: float = 0.25, v_threshold: float = 0.2, v_reset: float = 0.0,
@@ -53,61 +40,39 @@ class PaperLIFNode(neuron.LIFNode):
                          surrogate_function=RectangleSurrogate(centre, half_width, v_threshold),
                          detach_reset=False, step_mode=step_mode, store_v_seq=store_v_seq)
         self.decay = float(decay)
-        self.kernel_backend = _check_backend(kernel_backend)
+        self.kernel_backend = kernels.check_backend(kernel_backend, "kernel_backend")
 
-    def _step(self, x: torch.Tensor, v: torch.Tensor):
-        """One step: h = v_reset + decay * (v - v_reset) + x, o = 1[h >= v_th], v' = h (1 - o) + v_reset o."""
-        if self.v_reset == 0.0:
-            h = self.decay * v + x
-            o = self.surrogate_function(h - self.v_threshold)
-            return h, o, h * (1.0 - o)
-        h = self.v_reset + self.decay * (v - self.v_reset) + x
-        o = self.surrogate_function(h - self.v_threshold)
-        return h, o, h * (1.0 - o) + self.v_reset * o
-
-    def _initial_v(self, x: torch.Tensor) -> torch.Tensor:
+    def _v_init(self, like: torch.Tensor) -> Optional[torch.Tensor]:
+        """The membrane before the first step: None for the reset value, else a tensor shaped like ``like``
+        (a float state, or a tensor of another shape, becomes a full tensor of that value / of 0)."""
         v = self.v
-        if not isinstance(v, torch.Tensor) or v.shape != x.shape:
-            v = torch.full_like(x, float(v) if not isinstance(v, torch.Tensor) else 0.0)
-        return v
+        if isinstance(v, torch.Tensor):
+            return v if v.shape == like.shape else torch.zeros_like(like)
+        return None if float(v) == self.v_reset else torch.full_like(like, float(v))
+
+    def _run(self, x_seq: torch.Tensor, return_h: bool):
+        sg = self.surrogate_function
+        return kernels.lif_multistep(
+            x_seq, decay=self.decay, v_threshold=self.v_threshold, v_reset=self.v_reset, centre=sg.centre,
+            half_width=sg.half_width, backend=self.kernel_backend, v_init=self._v_init(x_seq[0]),
+            return_v=True, return_h=return_h)
 
     def single_step_forward(self, x: torch.Tensor):
-        _, o, self.v = self._step(x, self._initial_v(x))
-        return o
+        """One step, as the multi-step path with T = 1; the membrane stays in ``self.v``."""
+        spikes, self.v = self._run(x.unsqueeze(0), return_h=False)
+        return spikes[0]
 
     def multi_step_forward(self, x_seq: torch.Tensor, *args, **kwargs):
         """Spikes ``[T, ...]`` for inputs ``[T, ...]``, starting from ``self.v`` and leaving the last
-        membrane in ``self.v`` (gradients flow through it into the next call until ``reset_net``).
-
-        Without ``store_v_seq`` this is ``kernels.lif_multistep`` (the CuPy kernel, or its lean torch loop,
-        bit-identical to the loop below on CPU); ``self.v`` is then float32 (float64 for float64 input).
-        With ``store_v_seq`` the plain autograd loop runs, to keep h per step in ``self.v_seq``.
+        membrane in ``self.v`` (float32; float64 for float64 input). Gradients flow through it into the
+        next call until ``reset_net``. With ``store_v_seq`` the pre-reset potentials h go to ``self.v_seq``
+        (differentiable), from the same kernel call.
         """
         if not self.store_v_seq:
-            from .kernels import lif_multistep
-
-            v = self.v
-            if isinstance(v, torch.Tensor) and v.shape == x_seq.shape[1:]:
-                v_init = v
-            elif not isinstance(v, torch.Tensor) and float(v) == self.v_reset:
-                v_init = None
-            else:
-                v_init = self._initial_v(x_seq[0])  # the loop's rule for a float or mismatched state
-            sg = self.surrogate_function
-            spikes, self.v = lif_multistep(
-                x_seq, decay=self.decay, v_threshold=self.v_threshold, v_reset=self.v_reset, centre=sg.centre,
-                half_width=sg.half_width, backend="cupy" if _use_cupy(x_seq, self.kernel_backend) else "torch",
-                v_init=v_init, return_v=True)
+            spikes, self.v = self._run(x_seq, return_h=False)
             return spikes
-        v = self._initial_v(x_seq[0])
-        spikes, v_seq = [], []
-        for x in x_seq:
-            h, o, v = self._step(x, v)
-            spikes.append(o)
-            v_seq.append(h)
-        self.v = v
-        self.v_seq = torch.stack(v_seq)
-        return torch.stack(spikes)
+        spikes, self.v, self.v_seq = self._run(x_seq, return_h=True)
+        return spikes
 
     def extra_repr(self) -> str:
         return f"decay={self.decay}, v_threshold={self.v_threshold}, v_reset={self.v_reset}, " \
@@ -121,6 +86,7 @@ class PoissonLatent(base.MemoryModule):
     Multi-step: rates ``[N, L]`` -> spikes ``[T, N, L]``; a spike train ``[T', N, ...]`` is first reduced to
     its firing rate (mean over T', gradient 1/T' per step). ``input="rate"`` or ``"spikes"`` forces the
     reading for other shapes. Single-step: rates ``[N, ...]`` -> one step of spikes.
+    ``kernel_backend`` as for :class:`PaperLIFNode`.
     z_t = 1[u_t < r], u_t ~ U(0, 1) fresh per call; dz/dr = sum_t 1[|r - u_t| < w] / (2w).
     """
 
@@ -135,16 +101,14 @@ class PoissonLatent(base.MemoryModule):
             raise ValueError(f"input must be 'auto', 'rate' or 'spikes', got {input!r}")
         self.T, self.half_width, self.generator, self.input = int(T), float(half_width), generator, input
         self.step_mode = step_mode
-        self.kernel_backend = _check_backend(kernel_backend)
+        self.kernel_backend = kernels.check_backend(kernel_backend, "kernel_backend")
 
     def _sample(self, rate: torch.Tensor, T: int, generator) -> torch.Tensor:
-        check_rate(rate)
+        if not (rate.is_cuda and torch.cuda.is_current_stream_capturing()):
+            check_rate(rate)  # reads values back (a host sync): not while a CUDA graph is being captured
         generator = generator if generator is not None else self.generator
-        if _use_cupy(rate, self.kernel_backend):
-            from .kernels import poisson_sample
-
-            return poisson_sample(rate, T, half_width=self.half_width, generator=generator, backend="cupy")
-        return poisson_spikes(rate, T, self.half_width, generator)
+        return kernels.poisson_sample(rate, T, half_width=self.half_width, generator=generator,
+                                      backend=self.kernel_backend)
 
     def multi_step_forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -160,4 +124,5 @@ class PoissonLatent(base.MemoryModule):
         return self._sample(rate, 1, generator)[0]
 
     def extra_repr(self) -> str:
-        return f"T={self.T}, half_width={self.half_width}, step_mode={self.step_mode}, kernel_backend={self.kernel_backend}"
+        return f"T={self.T}, half_width={self.half_width}, step_mode={self.step_mode}, " \
+               f"kernel_backend={self.kernel_backend}"

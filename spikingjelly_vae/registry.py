@@ -21,7 +21,8 @@ def _lookup(table: Dict[str, Callable], kind: str, name) -> Callable:
     try:
         return table[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown {kind} {name!r}; choose one of {', '.join(sorted(table))}") from None
+        raise ValueError(f"unknown {kind} {name!r}; choose one of {', '.join(sorted(table))} "
+                         "(the registered names)") from None
 
 
 def register_neuron(name: str) -> Callable[[type], type]:

@@ -120,8 +120,8 @@ def _bits(t):
 def _run_lif(fn, inp, v0, p):
     a = inp.clone().requires_grad_()
     v = None if v0 is None else v0.clone().requires_grad_()
-    spikes, v_last = fn.apply(a, v, p)
-    return a, v, spikes, v_last
+    spikes, v_last, h_seq = fn.apply(a, v, p)
+    return a, v, spikes, v_last, h_seq
 
 
 @pytest.mark.parametrize("dtype", list(DTYPE_NAMES))
@@ -131,21 +131,24 @@ def _run_lif(fn, inp, v0, p):
     dict(decay=0.6, v_threshold=0.3, v_reset=-0.1, centre=0.25, half_width=0.3)])
 def test_lif_kernel_equals_torch_path_bitwise(emulated, dtype, shape, setting):
     """Spikes, h, v_last and the gradients into x and v_init, from a reset or a given membrane, with
-    gradients on the spikes, on v_last, or on both (null-pointer paths for the missing ones)."""
+    gradients on the spikes, on v_last, on h, or on all (null-pointer paths for the missing ones)."""
     p = klif.LIFParams(**setting)
     x = _input(shape, 1, dtype)
     x_view = _input((shape[1], shape[0], *shape[2:]), 1, dtype).transpose(0, 1)  # non-contiguous too
-    grad, grad_v = _input(shape, 2, dtype), _input(shape[1:], 4, torch.float32)
+    grad, grad_v, grad_h = _input(shape, 2, dtype), _input(shape[1:], 4, torch.float32), _input(shape, 5, dtype)
     for inp in (x, x_view):
         for v0 in (None, _input(shape[1:], 3, torch.float32)):
-            for used in ("spikes", "v_last", "both"):
-                a_k, v_k, out_k, vl_k = _run_lif(klif.LIFCuPy, inp, v0, p)
-                a_t, v_t, out_t, vl_t = _run_lif(klif.LIFTorch, inp, v0, p)
+            for used in ("spikes", "v_last", "h", "all"):
+                a_k, v_k, *res_k = _run_lif(klif.LIFCuPy, inp, v0, p)
+                a_t, v_t, *res_t = _run_lif(klif.LIFTorch, inp, v0, p)
+                (out_k, vl_k, h_k), (out_t, vl_t, h_t) = res_k, res_t
                 assert out_k.dtype == dtype and torch.equal(out_k, out_t)
                 assert vl_k.dtype == torch.float32 and torch.equal(_bits(vl_k), _bits(vl_t))
-                outs = {"spikes": [0], "v_last": [1], "both": [0, 1]}[used]
-                torch.autograd.backward([(out_k, vl_k)[i] for i in outs], [(grad, grad_v)[i] for i in outs])
-                torch.autograd.backward([(out_t, vl_t)[i] for i in outs], [(grad, grad_v)[i] for i in outs])
+                assert h_k.dtype == dtype and torch.equal(_bits(h_k), _bits(h_t))
+                outs = {"spikes": [0], "v_last": [1], "h": [2], "all": [0, 1, 2]}[used]
+                grads = (grad, grad_v, grad_h)
+                torch.autograd.backward([res_k[i] for i in outs], [grads[i] for i in outs])
+                torch.autograd.backward([res_t[i] for i in outs], [grads[i] for i in outs])
                 assert torch.equal(a_k.grad, a_t.grad)
                 if v0 is not None:
                     assert v_k.grad.dtype == torch.float32 and torch.equal(v_k.grad, v_t.grad)
@@ -212,5 +215,26 @@ def test_storage_conversions_match_torch(emulators, dtype):
 def test_signature_parser():
     sigs = signatures(kernel_source("float"))
     assert sigs["lif_forward"] == ["ptr"] * 5 + ["long long", "int", "float", "float", "float"]
-    assert sigs["lif_backward"] == ["ptr"] * 6 + ["long long", "int"] + ["float"] * 5
+    assert sigs["lif_backward"] == ["ptr"] * 7 + ["long long", "int"] + ["float"] * 5
     assert sigs["poisson_backward"] == ["ptr", "ptr", "ptr", "long long", "int", "float"]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_tdbn_lif_cupy_path_equals_torch_path(emulated, training):
+    """The fused tdBN + LIF with its LIF part on the (emulated) CUDA kernels, forward and recomputing
+    backward, equals its torch path bit for bit."""
+    from spikingjelly_vae.kernels import bn_lif as ktdbn
+
+    g = torch.Generator().manual_seed(7)
+    x, w, b = torch.randn(5, 2, 3, 4, 4, generator=g), torch.rand(3, generator=g) + 0.5, torch.zeros(3)
+    grad = torch.randn(5, 2, 3, 4, 4, generator=g)
+    p = klif.LIFParams(0.25, 0.2, 0.0, 0.0, 0.5)
+    out = []
+    for cupy in (True, False):
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        bn = (torch.zeros(3), torch.ones(3), training, 0.1, 1e-5, 0.2)
+        spikes, _ = ktdbn.TdBNLIF.apply(*leaves, None, bn, p, cupy)
+        spikes.backward(grad)
+        out.append((spikes, bn[0], *(t.grad for t in leaves)))
+    assert all(torch.equal(a, c) for a, c in zip(*out))
+    assert any(name == "lif_backward" for name, _ in emulated)

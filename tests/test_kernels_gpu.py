@@ -64,7 +64,7 @@ def test_lif_cupy_matches_plain_loop_and_spikingjelly():
 
     x, grad = _input((T, 64, 33), 3), _input((T, 64, 33), 4)
     a, b, c = (x.clone().requires_grad_() for _ in range(3))
-    out = kernels.lif_multistep(a, backend="cupy")
+    out = kernels.lif_multistep(a, kernel_backend="cupy")
     ref = reference_lif(b)
     node = neuron.LIFNode(tau=4.0 / 3.0, decay_input=False, v_threshold=0.2, v_reset=0.0,
                           surrogate_function=RectangleSurrogate(0.0, 0.5, 0.2), detach_reset=False,
@@ -86,7 +86,7 @@ def test_lif_cupy_non_contiguous_and_no_grad():
     assert torch.equal(out_k, out_t)
     torch.testing.assert_close(g_k, g_t, rtol=0, atol=1e-6)
     with torch.no_grad():
-        plain = kernels.lif_multistep(x, backend="cupy")
+        plain = kernels.lif_multistep(x, kernel_backend="cupy")
     assert plain.grad_fn is None and torch.equal(plain, out_t.detach())
 
 
@@ -99,7 +99,7 @@ def test_lif_cupy_runs_on_torch_current_stream():
     with torch.cuda.stream(side):
         y = x * 1.0  # queued on the side stream; the kernel must see it finished
         torch.cuda._sleep(10_000_000)
-        out = kernels.lif_multistep(y + 0.0, backend="cupy")
+        out = kernels.lif_multistep(y + 0.0, kernel_backend="cupy")
     torch.cuda.current_stream().wait_stream(side)
     assert torch.equal(out, expected)
 
@@ -109,7 +109,7 @@ def test_lif_cupy_memory_kept_for_backward():
     x = _input((T, 128, 32, 16, 16), 8, torch.float16).requires_grad_()
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        out = kernels.lif_multistep(x, backend="cupy")
+        out = kernels.lif_multistep(x, kernel_backend="cupy")
     assert sum(t.numel() * t.element_size() for t in saved) == 2 * x.numel() * x.element_size()
     assert any(t.data_ptr() == out.data_ptr() for t in saved)
 
@@ -121,8 +121,8 @@ def test_poisson_cupy_equals_torch_path(dtype, half_width):
     rate = torch.rand(256, 128, device="cuda", generator=gen).to(dtype)
     grad = _input((T, 256, 128), 1, dtype)
     a, b = rate.clone().requires_grad_(), rate.clone().requires_grad_()
-    z_k = kernels.poisson_sample(a, T, half_width, gen.manual_seed(9), backend="cupy")
-    z_t = kernels.poisson_sample(b, T, half_width, gen.manual_seed(9), backend="torch")
+    z_k = kernels.poisson_sample(a, T, half_width, gen.manual_seed(9), kernel_backend="cupy")
+    z_t = kernels.poisson_sample(b, T, half_width, gen.manual_seed(9), kernel_backend="torch")
     assert "PoissonCuPy" in type(z_k.grad_fn).__name__
     assert torch.equal(z_k, z_t)
     z_k.backward(grad)
@@ -137,7 +137,7 @@ def test_poisson_cupy_matches_lead_functional():
 
     rate = torch.rand(64, 128, device="cuda")
     a, b = rate.clone().requires_grad_(), rate.clone().requires_grad_()
-    z_k = kernels.poisson_sample(a, T, 0.5, torch.Generator(device="cuda").manual_seed(2), backend="cupy")
+    z_k = kernels.poisson_sample(a, T, 0.5, torch.Generator(device="cuda").manual_seed(2), kernel_backend="cupy")
     z_f = poisson_spikes(b, T, 0.5, torch.Generator(device="cuda").manual_seed(2))
     assert torch.equal(z_k, z_f)
     grad = _input((T, 64, 128), 3)
@@ -168,7 +168,7 @@ def test_paper_lif_node_cupy_equals_torch():
 
     x, grad = _input((T, 32, 64), 10), _input((T, 32, 64), 11)
     a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
-    n_k, n_t = PaperLIFNode(backend="cupy"), PaperLIFNode(backend="torch")
+    n_k, n_t = PaperLIFNode(kernel_backend="cupy"), PaperLIFNode(kernel_backend="torch")
     out_k, out_t = n_k(a), n_t(b)
     functional.reset_net(n_k)
     functional.reset_net(n_t)
@@ -215,7 +215,7 @@ def test_paper_lif_node_cupy_carries_state_like_torch():
     from spikingjelly_vae.neuron import PaperLIFNode
 
     x, grad = _input((T, 32, 64), 17), _input((T, 32, 64), 18)
-    nodes = [PaperLIFNode(backend="cupy"), PaperLIFNode(backend="torch"), PaperLIFNode(store_v_seq=True)]
+    nodes = [PaperLIFNode(kernel_backend="cupy"), PaperLIFNode(kernel_backend="torch"), PaperLIFNode(store_v_seq=True)]
     leaves = [x.clone().requires_grad_() for _ in nodes]
     outs = [torch.cat([n(a[:7]), n(a[7:])]) for n, a in zip(nodes, leaves)]
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
@@ -233,7 +233,37 @@ def test_kernels_compile_once_per_dtype():
     launch.get_kernel.cache_clear()
     x = _input((T, 10), 12)
     for _ in range(3):
-        kernels.lif_multistep(x, backend="cupy")
+        kernels.lif_multistep(x, kernel_backend="cupy")
     info = launch.get_kernel.cache_info()
     assert info.misses == 1 and info.hits == 2
     assert launch._module.cache_info().currsize >= 1
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("backend", ["cupy", "torch"])
+def test_tdbn_lif_equals_unfused_on_cuda(training, backend):
+    """kernels.tdbn_lif (fused tdBN + LIF, recomputing backward) vs F.batch_norm -> lif_multistep on CUDA
+    (cuDNN or native BN, whichever torch picks for both): spikes and running statistics equal, gradients
+    within 1e-6 (equality expected: the same BN kernels run)."""
+    import torch.nn.functional as F
+
+    g = torch.Generator(device="cuda").manual_seed(3)
+    x = torch.randn(16, 32, 64, 8, 8, device="cuda", generator=g) * 0.7 + 0.1
+    w, b = torch.rand(64, device="cuda", generator=g) + 0.5, torch.randn(64, device="cuda", generator=g) * 0.1
+    grad = torch.randn(x.shape, device="cuda", generator=g)
+    out = []
+    for fused in (True, False):
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        rm, rv = torch.zeros(64, device="cuda"), torch.ones(64, device="cuda")
+        if fused:
+            s = kernels.tdbn_lif(*leaves, running_mean=rm, running_var=rv, training=training, scale=0.2,
+                                 backend=backend)
+        else:
+            y = F.batch_norm(leaves[0].flatten(0, 1), rm, rv, leaves[1] * 0.2, leaves[2], training, 0.1, 1e-5)
+            s = kernels.lif_multistep(y.unflatten(0, x.shape[:2]), backend=backend)
+        s.backward(grad)
+        out.append((s, rm, rv, *(t.grad for t in leaves)))
+    for a, c in zip(out[0][:3], out[1][:3]):
+        assert torch.equal(a, c)
+    for a, c in zip(out[0][3:], out[1][3:]):
+        torch.testing.assert_close(a, c, rtol=0, atol=1e-6)

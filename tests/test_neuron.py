@@ -121,7 +121,7 @@ def test_lif_bad_arguments():
     with pytest.raises(ValueError, match="decay"):
         PaperLIFNode(decay=1.5)
     with pytest.raises(ValueError, match="backend"):
-        PaperLIFNode(backend="cuda")
+        PaperLIFNode(kernel_backend="cuda")
 
 
 def _reference_poisson(rate, uniform, w=0.5):
@@ -196,3 +196,17 @@ def test_registry():
     assert isinstance(get_neuron("paper_lif"), PaperLIFNode)
     with pytest.raises(ValueError, match="registered"):
         get_neuron("nope")
+
+
+@pytest.mark.parametrize("step_mode", ["s", "m"])
+def test_kernel_backend_is_ours_and_spikingjelly_backend_stays_valid(step_mode):
+    """Our switch is ``kernel_backend``; SpikingJelly 0.0.0.0.14's own ``backend`` (validated against
+    ``supported_backends``) stays "torch"; 2.0 has neither attribute."""
+    for module in (PaperLIFNode(step_mode=step_mode, kernel_backend="torch"),
+                   PoissonLatent(step_mode=step_mode, kernel_backend="torch")):
+        assert module.kernel_backend == "torch" and module.step_mode == step_mode
+        if hasattr(module, "supported_backends"):  # SpikingJelly 0.0.0.0.14
+            assert module.backend == "torch" and module.backend in module.supported_backends
+        assert "kernel_backend=torch" in repr(module)
+    with pytest.raises(ValueError, match="kernel_backend must be one of"):
+        PoissonLatent(kernel_backend="gpu")

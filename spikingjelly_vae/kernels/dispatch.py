@@ -37,10 +37,16 @@ def _say(choice: str, reason: str, level: int) -> str:
     return choice
 
 
+def check_backend(requested: str, name: str = "backend") -> str:
+    """``requested`` if it is one of BACKENDS, else a ValueError naming the argument ``name``."""
+    if requested not in BACKENDS:
+        raise ValueError(f"{name} must be one of {BACKENDS}, got {requested!r}")
+    return requested
+
+
 def select_backend(tensor: torch.Tensor, requested: str = "auto") -> str:
     """Return "cupy" or "torch" for ``tensor`` and the ``requested`` backend ("auto", "cupy", "torch")."""
-    if requested not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {requested!r}")
+    check_backend(requested)
     if requested == "torch":
         return _say("torch", "requested backend='torch'", logging.INFO)
     fallback = logging.WARNING if requested == "cupy" else logging.INFO

@@ -1,15 +1,18 @@
-"""The paper's multi-step LIF neuron as two autograd Functions: a lean torch loop and the CuPy kernel.
+"""The paper's LIF neuron (ESVAE, Eqs. 1-3) as two autograd Functions: a lean torch loop and the CuPy kernel.
 
-    h_t = v_reset + decay * (v_{t-1} - v_reset) + x_t        (v_{-1} = v_init, default v_reset; paper: u_t)
-    o_t = 1[h_t >= v_threshold]                              (SpikingJelly's Heaviside fires at equality)
-    v_t = h_t * (1 - o_t) + v_reset * o_t                    (hard reset, NOT detached)
+    h_t = v_reset + decay * (v_{t-1} - v_reset) + x_t        (Eq. 1, v_{-1} = v_init, default v_reset; paper: u)
+    o_t = 1[h_t >= v_threshold]                              (Eq. 2; SpikingJelly's Heaviside fires at equality)
+    v_t = h_t * (1 - o_t) + v_reset * o_t                    (Eq. 3, hard reset, NOT detached)
     do/dh = 1[|h - centre| < half_width] / (2 * half_width)  (rectangle surrogate on the potential)
 
 With v_reset = 0 this is the reference u_t = decay * u_{t-1} * (1 - o_{t-1}) + x_t. The Functions take the
 membrane before the first step (``v_init``) and also return the membrane after the last step (``v_last``),
-both differentiable, so a sequence split into calls that pass the state on behaves as one call.
-Backward through time, starting from gv = dL/dv_last (0 when v_last is unused):
-g_t = dL/dh_t = ((dL/do_t - gv * (h_t - v_reset)) * 1[|h_t - centre| < w]) / (2w) + gv * (1 - o_t),
+both differentiable, so a sequence split into calls that pass the state on behaves as one call; they also
+return h (``store_v_seq``), differentiable too. This is the only torch implementation of the recurrence:
+multi-step, single-step (T = 1) and ``store_v_seq`` all run through it.
+Backward through time, starting from gv = dL/dv_last (0 when v_last is unused), with gh_t = dL/dh_t from h's
+own output (0 when unused):
+g_t = dL/dh_t = ((dL/do_t - gv * (h_t - v_reset)) * 1[|h_t - centre| < w]) / (2w) + (gv * (1 - o_t) + gh_t),
 then gv = dL/dv_{t-1} = g_t * decay, which after step 0 is dL/dv_init. This is grouped exactly as autograd
 groups the plain loop, so spikes and gradients equal the loop's bit for bit. Only the spikes (the output)
 and h are kept for backward, h in the input dtype. The computation, and the state v_init / v_last, are
@@ -99,9 +102,11 @@ def torch_forward(x_seq: torch.Tensor, p: LIFParams, keep_h: bool, v_init=None):
     return spikes, h_seq, v
 
 
-def torch_backward(grad_spikes, spikes: torch.Tensor, h_seq: torch.Tensor, p: LIFParams, grad_v_last=None):
+def torch_backward(grad_spikes, spikes: torch.Tensor, h_seq: torch.Tensor, p: LIFParams, grad_v_last=None,
+                   grad_h=None):
     """(dL/dx ``[T, ...]``, dL/dv_init) by the reverse-time recursion in the module docstring, starting
-    from gv = ``grad_v_last`` (None: 0); ``grad_spikes`` None means zeros. dL/dv_init is in the compute dtype.
+    from gv = ``grad_v_last`` (None: 0); ``grad_spikes`` / ``grad_h`` None mean zeros. dL/dv_init is in the
+    compute dtype.
 
     One step at a time on step-sized buffers (they stay in cache; whole-sequence temporaries are slower
     on CPU), in the kernel's (and autograd's) operation order.
@@ -122,6 +127,8 @@ def torch_backward(grad_spikes, spikes: torch.Tensor, h_seq: torch.Tensor, p: LI
             torch.sub(grad_spikes[t].to(cdt), go, out=go)  # dL/do_t
         go.mul_(mask).div_(p.two_w)
         torch.sub(ones, s, out=keep).mul_(gv)  # gv * (1 - s)
+        if grad_h is not None:
+            keep.add_(grad_h[t].to(cdt))  # autograd adds h's own gradient first
         go.add_(keep)  # g_t
         grad_x[t].copy_(go)
         torch.mul(go, p.decay, out=gv)
@@ -129,21 +136,21 @@ def torch_backward(grad_spikes, spikes: torch.Tensor, h_seq: torch.Tensor, p: LI
 
 
 class _LIFFunction(torch.autograd.Function):
-    """(spikes, v_last) from (x_seq, v_init or None); subclasses pick the forward/backward pair."""
+    """(spikes, v_last, h_seq) from (x_seq, v_init or None); subclasses pick the forward/backward pair."""
 
     @classmethod
     def forward(cls, ctx, x_seq, v_init, p):
         spikes, h_seq, v_last = cls.run_forward(x_seq, p, True, v_init)
         ctx.p = p
         ctx.v_dtype = None if v_init is None else v_init.dtype
-        ctx.set_materialize_grads(False)  # an unused v_last (or spikes) gives None, not a zero tensor
+        ctx.set_materialize_grads(False)  # an unused output gives None, not a zero tensor
         ctx.save_for_backward(spikes, h_seq)
-        return spikes, v_last
+        return spikes, v_last, h_seq
 
     @classmethod
-    def backward(cls, ctx, grad_spikes, grad_v_last):
+    def backward(cls, ctx, grad_spikes, grad_v_last, grad_h):
         spikes, h_seq = ctx.saved_tensors
-        grad_x, grad_v = cls.run_backward(grad_spikes, spikes, h_seq, ctx.p, grad_v_last)
+        grad_x, grad_v = cls.run_backward(grad_spikes, spikes, h_seq, ctx.p, grad_v_last, grad_h)
         grad_v_init = grad_v.to(ctx.v_dtype) if ctx.needs_input_grad[1] else None
         return grad_x, grad_v_init, None
 
@@ -156,9 +163,10 @@ class LIFTorch(_LIFFunction):
         return torch_forward(x_seq, p, keep_h, v_init)
 
     @staticmethod
-    def run_backward(grad_spikes, spikes, h_seq, p, grad_v_last):
+    def run_backward(grad_spikes, spikes, h_seq, p, grad_v_last, grad_h):
         grad_spikes = None if grad_spikes is None else grad_spikes.contiguous()
-        return torch_backward(grad_spikes, spikes, h_seq, p, grad_v_last)
+        grad_h = None if grad_h is None else grad_h.contiguous()
+        return torch_backward(grad_spikes, spikes, h_seq, p, grad_v_last, grad_h)
 
 
 def _state(v, like: torch.Tensor):
@@ -180,16 +188,18 @@ def cupy_forward(x_seq: torch.Tensor, p: LIFParams, keep_h: bool, v_init=None, k
     return spikes, h_seq, v_last
 
 
-def cupy_backward(grad_spikes, spikes, h_seq, p: LIFParams, grad_v_last=None):
+def cupy_backward(grad_spikes, spikes, h_seq, p: LIFParams, grad_v_last=None, grad_h=None):
     """Like :func:`torch_backward`; None gradients are null pointers to the kernel."""
     if grad_spikes is not None:
         grad_spikes = grad_spikes.to(h_seq.dtype).contiguous()
+    if grad_h is not None:
+        grad_h = grad_h.to(h_seq.dtype).contiguous()
     gv_last = _state(grad_v_last, h_seq)
     grad_x = torch.empty_like(h_seq)
     grad_v = torch.empty(h_seq.shape[1:], dtype=state_dtype(h_seq.dtype), device=h_seq.device)
     n = h_seq[0].numel()
     launch("lif_backward", h_seq.dtype, h_seq.device, n,
-           (ptr(grad_spikes), ptr(spikes), ptr(h_seq), ptr(gv_last), ptr(grad_x),
+           (ptr(grad_spikes), ptr(grad_h), ptr(spikes), ptr(h_seq), ptr(gv_last), ptr(grad_x),
             ptr(grad_v), np.int64(n), np.int32(h_seq.shape[0]))
            + p.kernel_args("decay", "v_reset", "centre", "half_width", "two_w"))
     return grad_x, grad_v
@@ -203,5 +213,5 @@ class LIFCuPy(_LIFFunction):
         return cupy_forward(x_seq, p, keep_h, v_init)
 
     @staticmethod
-    def run_backward(grad_spikes, spikes, h_seq, p, grad_v_last):
-        return cupy_backward(grad_spikes, spikes, h_seq, p, grad_v_last)
+    def run_backward(grad_spikes, spikes, h_seq, p, grad_v_last, grad_h):
+        return cupy_backward(grad_spikes, spikes, h_seq, p, grad_v_last, grad_h)

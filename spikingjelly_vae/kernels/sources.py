@@ -10,8 +10,9 @@ LIF (decay d, threshold th, reset value r, surrogate window centre c, half-width
     forward   h_t = (v_{t-1} - r) * d + r + x_t,  s_t = 1[h_t >= th],  v_t = s_t ? r : h_t,
               v_{-1} = v_init[i] (r for a null pointer); v_last[i] = v_{T-1} unless null
     backward  gv = g_{t+1} * d, starting from grad_v_last[i] (0 for a null pointer),  m_t = 1[|h_t - c| < w]
-              g_t = ((gs_t - gv * (h_t - r)) * m_t) / (2w) + gv * (1 - s_t),   dL/dx_t = g_t
-              (gs_t taken as absent, -(gv * (h_t - r)), for a null grad_spike), and
+              g_t = ((gs_t - gv * (h_t - r)) * m_t) / (2w) + (gv * (1 - s_t) + gh_t),   dL/dx_t = g_t
+              (gs_t taken as absent, -(gv * (h_t - r)), for a null grad_spike; gh_t, the gradient on the
+              stored h, skipped for a null grad_h), and
               grad_v_init[i] = g_0 * d unless null
               (autograd's grouping for the plain loop, so the torch loop's gradients are matched bit for bit)
     The membrane state (v_init, v_last, grad_v_last, grad_v_init) is float32 in every storage dtype.
@@ -119,8 +120,9 @@ extern "C" __global__ void lif_forward(
 }
 
 extern "C" __global__ void lif_backward(
-    const scalar_t* __restrict__ grad_spike, const scalar_t* __restrict__ spike,
-    const scalar_t* __restrict__ h_seq, const float* __restrict__ grad_v_last, scalar_t* __restrict__ grad_x,
+    const scalar_t* __restrict__ grad_spike, const scalar_t* __restrict__ grad_h,
+    const scalar_t* __restrict__ spike, const scalar_t* __restrict__ h_seq,
+    const float* __restrict__ grad_v_last, scalar_t* __restrict__ grad_x,
     float* __restrict__ grad_v_init, const long long n, const int steps, const float decay,
     const float v_reset, const float centre, const float half_width, const float two_w)
 {
@@ -140,6 +142,7 @@ extern "C" __global__ void lif_backward(
         go = go / two_w;
         float keep = 1.0f - s;
         keep = keep * grad_v;
+        if (grad_h != 0) keep = keep + to_float(grad_h[k]);
         const float g = go + keep;
         grad_x[k] = from_float(g);
         grad_v = g * decay;
