@@ -97,7 +97,7 @@ def inception_probs(batch: torch.Tensor, net, protocol: str = "reference", devic
     return F.softmax(net(x).double(), dim=1).cpu().numpy()
 
 
-def compute_inception_score(batches, net, protocol: str = "reference", splits: int | None = None,
+def compute_inception_score(batches, net, protocol: str = "reference", *, splits: int | None = None,
                             device=None) -> dict:
     """IS of all images in `batches`; splits default to the number of batches (reference) or 10."""
     probs, nb = [], 0
