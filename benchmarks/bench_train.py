@@ -121,12 +121,8 @@ def main(argv=None):
             proc.join()
             record["results"].append(rec)
             print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rec.items()}, flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(__import__("json").dumps(record, indent=2) + "\n")
-    tmp.replace(out)
-    print(f"wrote {out}")
+    from spikingjelly_vae.atomic import write_json
+    print(f"wrote {write_json(args.out, record)}")
 
 
 if __name__ == "__main__":

@@ -112,6 +112,20 @@ def test_existing_run_needs_resume_or_force(tmp_path):
         train.fit(tiny(out, resume=True, force=True))
 
 
+def test_on_epoch_end_true_stops_after_that_epoch(tmp_path):
+    seen = []
+
+    def stop_after_first(epoch, metrics):
+        seen.append((epoch, metrics["epoch"], (tmp_path / "run" / "last.pt").is_file()))
+        return epoch == 1
+
+    res = train.fit(tiny(tmp_path / "run", epochs=3), on_epoch_end=stop_after_first)
+    assert seen == [(1, 1, True)]  # called once, after the epoch's checkpoint was written
+    assert res["epochs"] == 1 and len(_rows(tmp_path / "run" / "log.csv")) == 1
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
+    assert len(list((tmp_path / "run" / "images").glob("*.png"))) == 2
+
+
 KILL_SCRIPT = """
 import os, signal, sys
 from spikingjelly_vae import train

@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from .main import main
-from .options import (checkpoint_option, data_options, data_root_option, dataset_option, device_option,
-                      force_option, options, parse_model_opts, reports_value_errors, seed_option)
+from .options import (checkpoint_option, data_options, dataset_option, device_option, force_option, options,
+                      parse_model_opts, reports_value_errors, seed_option)
 
 _run_folder = options(
     click.option("--out", default=None, type=click.Path(file_okay=False),

@@ -25,7 +25,8 @@ import torch
 from ..models.autoencoder import AE, build_feature_ae
 from .frechet import frechet_distance, gaussian_stats
 from ..data import DATASETS, dataset_spec, resolve_cache_dir
-from .resources import MetricUnavailable, protocol_key, save_npz_atomic, sha256_file
+from ..atomic import sha256_file
+from .resources import MetricUnavailable, protocol_key, save_npz_atomic
 
 __all__ = ["FAD_PROTOCOLS", "FADModel", "load_fad_model", "ae_features",
            "fad_test_stats", "compute_fad", "our_ae_paths"]

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from ..atomic import atomic_write, write_json
+from ..atomic import atomic_write, sha256_file, write_json
 from ..models.autoencoder import build_feature_ae
 from .fad import STATS_BATCH, ae_features, our_ae_paths
 from .frechet import gaussian_stats
-from .resources import save_npz_atomic, sha256_file
+from .resources import save_npz_atomic
 
 __all__ = ["train_feature_ae"]
 

@@ -25,8 +25,8 @@ from PIL import Image
 
 from .frechet import frechet_distance, gaussian_stats
 from ..data import resolve_cache_dir
-from .resources import (MetricUnavailable, protocol_key, resolve_file,
-                        save_npz_atomic, sha256_file)
+from ..atomic import sha256_file
+from .resources import MetricUnavailable, protocol_key, resolve_file, save_npz_atomic
 
 __all__ = ["FID_MODES", "INCEPTION_FILE", "to_pixels", "clean_resize", "fast_resize", "FIDInception",
            "load_fid_inception", "inception_features", "fid_reference_stats", "compute_fid"]

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .resources import MetricUnavailable, resolve_file, sha256_file
+from ..atomic import sha256_file
+from .resources import MetricUnavailable, resolve_file
 
 __all__ = ["IS_PROTOCOLS", "inception_score_from_probs", "load_is_inception", "inception_probs",
            "compute_inception_score", "TORCHVISION_SHA256_PREFIX"]

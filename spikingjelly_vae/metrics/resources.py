@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write, sha256_file
+from ..atomic import atomic_write
 
-__all__ = ["MetricUnavailable", "resolve_file", "sha256_file", "save_npz_atomic", "protocol_key"]
+__all__ = ["MetricUnavailable", "resolve_file", "save_npz_atomic", "protocol_key"]
 
 
 class MetricUnavailable(RuntimeError):
