@@ -146,10 +146,8 @@ def main():
     if args.sanity:
         res["sanity"] = sanity(args)
     res["load_average_end"] = os.getloadavg()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2))
-    print(f"wrote {out}")
+    from spikingjelly_vae.atomic import write_json
+    print(f"wrote {write_json(args.out, res)}")
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def run_one(device_name: str, batch: int, opts: dict) -> dict:
     gen = torch.Generator(device=device).manual_seed(2)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     for _ in range(opts["warmup"]):
-        train_step(model, model, optimizer, scaler, x, gen, opts["amp"])
+        train_step(model, model, optimizer, scaler, x, generator=gen, amp=opts["amp"])
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -71,7 +71,7 @@ def run_one(device_name: str, batch: int, opts: dict) -> dict:
     times = []
     for _ in range(opts["steps"]):
         t = time.perf_counter()
-        terms, _ = train_step(model, model, optimizer, scaler, x, gen, opts["amp"])
+        terms, _ = train_step(model, model, optimizer, scaler, x, generator=gen, amp=opts["amp"])
         _sync(device)
         times.append(time.perf_counter() - t)
     rec = {"device": str(device), "batch": batch, "amp": opts["amp"], "steps": len(times),
@@ -121,12 +121,8 @@ def main(argv=None):
             proc.join()
             record["results"].append(rec)
             print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rec.items()}, flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(__import__("json").dumps(record, indent=2) + "\n")
-    tmp.replace(out)
-    print(f"wrote {out}")
+    from spikingjelly_vae.atomic import write_json
+    print(f"wrote {write_json(args.out, record)}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ docs/experiments.md.
 import argparse
 from pathlib import Path
 
-from spikingjelly_vae.experiments import run_classify, run_robustness
+from spikingjelly_vae.experiments import ProbeOptions, run_classify, run_robustness
 
 
 def main():
@@ -21,7 +21,7 @@ def main():
                    help="folder with the datasets (else env SJVAE_DATA, else ./data)")
     p.add_argument("--dataset", default=None, help="dataset name if the checkpoint does not record it")
     p.add_argument("--out-dir", default="results/robustness_example", help="where CSV/JSON/PNG files go")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0, help="seed of all random draws")
     p.add_argument("--quick", action="store_true",
                    help="1,000 test images, probe on 10,000 images for 20 epochs")
@@ -48,8 +48,9 @@ def main():
             print(f"  {label} (vs original / vs clean): {curve}")
 
     # Table III: MLP probe on the frozen encoder's posterior firing rates
-    res = run_classify(args.checkpoints, out_dir=out, num_train=10000 if args.quick else None,
-                       num_test=num_images, epochs=20 if args.quick else 200, **common)
+    probe = ProbeOptions(epochs=20 if args.quick else 200)
+    res = run_classify(args.checkpoints, probe, out_dir=out, num_train=10000 if args.quick else None,
+                       num_test=num_images, **common)
     print("encoder probe (Table III)")
     for label, r in res["models"].items():
         print(f"  {label}: test accuracy {100 * r['test_acc']:.2f}% on {r['num_test']} images")

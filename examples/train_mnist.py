@@ -10,7 +10,8 @@ from the preset of (model, dataset) in spikingjelly_vae/presets.py.
 import argparse
 
 from spikingjelly_vae.checkpoint import load_model
-from spikingjelly_vae.train import TrainConfig, fit, reconstruct_to_file, sample_to_file
+from spikingjelly_vae.inference import reconstruct_to_file, sample_to_file
+from spikingjelly_vae.train import TrainConfig, fit
 
 
 def main(argv=None):

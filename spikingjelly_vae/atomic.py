@@ -1,11 +1,16 @@
-"""Atomic file writes: write a temp file in the target's folder, then rename it over the target.
+"""Files: atomic writes (write a temp file in the target's folder, then rename it over the target)
+and checksums.
 
 A crash or error mid-write leaves the previous file untouched and no temp file behind.
 """
+import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "write_json", "sha256_file"]
 
 
 def _umask() -> int:
@@ -39,3 +44,31 @@ def atomic_write_bytes(path, data: bytes) -> Path:
 
 def atomic_write_text(path, text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text))
+
+
+def _jsonable(value: Any):
+    """JSON fallback: tensors as lists, anything else (paths, devices, ...) as its text."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def write_json(path, obj) -> Path:
+    """Write ``obj`` as indented JSON (tensors as lists, other objects as text) atomically."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+
+
+_SHA_CACHE: dict = {}
+
+
+def sha256_file(path) -> str:
+    """Hex sha256 of a file (memoised on path, size and mtime)."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]

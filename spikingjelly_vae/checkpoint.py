@@ -12,6 +12,11 @@ from . import __version__
 from .atomic import atomic_write
 
 
+# Where a checkpoint may record its dataset (ours: "dataset" and "train_config"; the first hit wins).
+_DATASET_KEYS = (("dataset",), ("config", "dataset"), ("args", "dataset"), ("train_config", "dataset"),
+                 ("run", "dataset"), ("metrics", "dataset"))
+
+
 class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, or not one of ours."""
 
@@ -60,3 +65,14 @@ def load_model(path, map_location="cpu", expected_model: Optional[str] = None) -
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not fit the {name!r} model of its config: {err}") from None
     return model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu"), ckpt
+
+
+def checkpoint_dataset(ckpt: dict) -> Optional[str]:
+    """The dataset name a checkpoint records, if any."""
+    for keys in _DATASET_KEYS:
+        value = ckpt
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, str):
+            return value
+    return None

@@ -27,37 +27,64 @@ import os
 import shutil
 import tarfile
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
-__all__ = ["DATASETS", "dataset_info", "load_dataset", "resolve_data_root", "resolve_cache_dir",
-           "to_unit_range", "to_signed_range"]
+__all__ = ["DATASETS", "DatasetSpec", "dataset_spec", "dataset_info", "load_dataset", "resolve_data_root",
+           "resolve_cache_dir", "to_unit_range", "to_signed_range"]
 
-DATASETS = {
-    "mnist": {"in_channels": 1, "image_size": 32, "num_classes": 10, "flip": False},
-    "fashion": {"in_channels": 1, "image_size": 32, "num_classes": 10, "flip": False},
-    "cifar10": {"in_channels": 3, "image_size": 32, "num_classes": 10, "flip": True},
-    "celeba": {"in_channels": 3, "image_size": 64, "num_classes": 0, "flip": True},
-}
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything the package knows about one dataset (the one table the rest reads)."""
+
+    name: str
+    label: str                 # as printed in the paper's Table I
+    in_channels: int
+    image_size: int
+    num_classes: int           # 0: unlabelled
+    flip: bool                 # random horizontal flip on the training split (official)
+    splits: tuple              # splits load_dataset accepts
+    fid_split: str             # split of the FID reference statistics (as the reference)
+    fad_latent: int            # latent size of the official FAD feature autoencoder
+    drop_last: bool            # the official train loader's drop_last (also the reference MSE batching)
+    test_size: int             # images in the full test split
+    mse_batch: int             # ESVAE's test batch (2 x its training batch)
+    crop: Optional[int] = None  # CenterCrop before resizing (CelebA: 148)
+    resize: bool = True        # resize to image_size x image_size
+
+
+_TRAIN_TEST = ("train", "test")
+DATASETS = {spec.name: spec for spec in (
+    DatasetSpec("mnist", "MNIST", 1, 32, 10, False, _TRAIN_TEST, "test", 64, False, 10000, 512),
+    DatasetSpec("fashion", "Fashion MNIST", 1, 32, 10, False, _TRAIN_TEST, "test", 64, True, 10000, 512),
+    DatasetSpec("cifar10", "CIFAR10", 3, 32, 10, True, _TRAIN_TEST, "test", 128, True, 10000, 512, resize=False),
+    DatasetSpec("celeba", "CelebA", 3, 64, 0, True, ("train", "valid", "test", "all"), "valid", 128, False, 19962,
+                128, crop=148),
+)}
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_TARBALL = "CIFAR-10-images.tar.gz"
 CELEBA_TRAIN_LAST, CELEBA_VALID_LAST = 162770, 182637  # official list_eval_partition boundaries
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-def dataset_info(name: str) -> dict:
-    """`in_channels`, `image_size`, `num_classes` (0: unlabelled) of a dataset name."""
-    return {k: v for k, v in DATASETS[_check_name(name)].items() if k != "flip"}
-
-
-def _check_name(name: str) -> str:
+def dataset_spec(name: str) -> DatasetSpec:
+    """The DatasetSpec of a dataset name; ValueError naming the known ones otherwise."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    return name
+    return DATASETS[name]
+
+
+def dataset_info(name: str) -> dict:
+    """`in_channels`, `image_size`, `num_classes` (0: unlabelled) of a dataset name."""
+    spec = dataset_spec(name)
+    return {"in_channels": spec.in_channels, "image_size": spec.image_size, "num_classes": spec.num_classes}
 
 
 def resolve_data_root(root=None) -> Path:
@@ -84,32 +111,31 @@ def to_unit_range(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
-def _transform(name: str, augment: bool):
+def _transform(spec: DatasetSpec, augment: bool):
     steps = []
-    if name == "celeba":
-        steps += [transforms.CenterCrop(148), transforms.Resize((64, 64))]
-    elif name in ("mnist", "fashion"):
-        steps += [transforms.Resize((32, 32))]
+    if spec.crop is not None:
+        steps += [transforms.CenterCrop(spec.crop)]
+    if spec.resize:
+        steps += [transforms.Resize((spec.image_size, spec.image_size))]
     if augment:
         steps += [transforms.RandomHorizontalFlip()]
     steps += [transforms.ToTensor(), transforms.Lambda(to_signed_range)]
     return transforms.Compose(steps)
 
 
-def load_dataset(name: str, split: str = "train", root=None, cache_dir=None, augment=None) -> Dataset:
+def load_dataset(name: str, split: str = "train", root=None, cache_dir=None, *, augment=None) -> Dataset:
     """A Dataset of `(image [C, H, W] in [-1, 1], int label)`.
 
     split: `train` or `test` (CelebA also `valid` and `all`). augment: None gives the official choice
     (flip on CIFAR-10 / CelebA train), True/False forces it.
     """
-    _check_name(name)
-    splits = ("train", "valid", "test", "all") if name == "celeba" else ("train", "test")
-    if split not in splits:
-        raise ValueError(f"unknown split {split!r} for {name}; choose one of {', '.join(splits)}")
+    spec = dataset_spec(name)
+    if split not in spec.splits:
+        raise ValueError(f"unknown split {split!r} for {name}; choose one of {', '.join(spec.splits)}")
     root = resolve_data_root(root)
     if augment is None:
-        augment = split == "train" and DATASETS[name]["flip"]
-    tf = _transform(name, bool(augment))
+        augment = split == "train" and spec.flip
+    tf = _transform(spec, bool(augment))
     if name in ("mnist", "fashion"):
         return _mnist_like(name, split, root, tf)
     if name == "cifar10":

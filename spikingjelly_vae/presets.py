@@ -4,7 +4,7 @@ ESVAE rows are the official configs (reference_spec.md section 6.2): the effecti
 the YAML lr scaled by batch / 250 (as the official code does before building AdamW), the bottleneck
 (prior layer) trains at 10x that lr, AdamW weight decay 0.001, 300 epochs, no scheduler, T = 16,
 lambda = 0.001; latent 32 for MNIST / Fashion-MNIST and 128 for CIFAR-10 / CelebA. `drop_last` is the
-official train loader's (True for Fashion-MNIST and CIFAR-10 only).
+official train loader's (`data.DatasetSpec.drop_last`: True for Fashion-MNIST and CIFAR-10 only).
 
 A row holds the training keys of `train.TrainConfig` (`batch_size`, `lr`, `epochs`, `weight_decay`,
 `drop_last`, and optionally `bottleneck_lr_mult`, which is passed to `model.param_groups`) and
@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import copy
 
+from .data import DATASETS
+
 __all__ = ["PRESETS", "TRAIN_KEYS", "get_preset", "register_preset", "effective_lr"]
 
 TRAIN_KEYS = ("batch_size", "lr", "epochs", "weight_decay", "drop_last", "bottleneck_lr_mult")
@@ -26,17 +28,17 @@ def effective_lr(yaml_lr: float, batch_size: int, n_gpus: int = 1) -> float:
     return yaml_lr * n_gpus * batch_size / 250
 
 
-def _esvae(batch_size, yaml_lr, latent_dim, drop_last):
+def _esvae(dataset, batch_size, yaml_lr, latent_dim):
     return {"batch_size": batch_size, "lr": round(effective_lr(yaml_lr, batch_size), 12), "epochs": 300,
-            "weight_decay": 1e-3, "drop_last": drop_last, "bottleneck_lr_mult": 10.0,
+            "weight_decay": 1e-3, "drop_last": DATASETS[dataset].drop_last, "bottleneck_lr_mult": 10.0,
             "model": {"latent_dim": latent_dim, "T": 16, "mmd_lambda": 1e-3}}
 
 
 PRESETS: dict = {
-    ("esvae", "mnist"): _esvae(256, 0.003, 32, False),     # lr 0.003072
-    ("esvae", "fashion"): _esvae(256, 0.003, 32, True),    # lr 0.003072
-    ("esvae", "cifar10"): _esvae(256, 0.0006, 128, True),  # lr 0.0006144
-    ("esvae", "celeba"): _esvae(64, 0.001, 128, False),    # lr 0.000256 (ESVAELarge, 64x64)
+    ("esvae", "mnist"): _esvae("mnist", 256, 0.003, 32),       # lr 0.003072
+    ("esvae", "fashion"): _esvae("fashion", 256, 0.003, 32),   # lr 0.003072
+    ("esvae", "cifar10"): _esvae("cifar10", 256, 0.0006, 128),  # lr 0.0006144
+    ("esvae", "celeba"): _esvae("celeba", 64, 0.001, 128),     # lr 0.000256 (ESVAELarge, 64x64)
 }
 
 
@@ -56,9 +58,8 @@ def _ann_vae():
             "model": {"latent_dim": 128}}
 
 
-for _ds, _batch, _drop in (("mnist", 250, False), ("fashion", 250, True), ("cifar10", 250, True),
-                           ("celeba", 64, False)):
-    PRESETS[("fsvae", _ds)] = _fsvae(_batch, _drop)
+for _ds, _batch in (("mnist", 250), ("fashion", 250), ("cifar10", 250), ("celeba", 64)):
+    PRESETS[("fsvae", _ds)] = _fsvae(_batch, DATASETS[_ds].drop_last)
     PRESETS[("ann-vae", _ds)] = _ann_vae()
 
 

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from spikingjelly_vae.checkpoint import save_checkpoint
 from spikingjelly_vae.cli import main
-from spikingjelly_vae.compare import PUBLISHED, build_table, compare, format_table, load_result
+from spikingjelly_vae.metrics.compare import PUBLISHED, build_table, compare, format_table, load_result
 from spikingjelly_vae.models import FSVAE
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

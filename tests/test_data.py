@@ -187,3 +187,15 @@ def test_celeba_center_crop(tmp_path):
     assert len(train) == 1 and len(data.load_dataset("celeba", "test", root=tmp_path)) == 1
     x = train[0][0]
     assert x.shape == (3, 64, 64) and x.min() == 1.0  # the crop keeps only the white centre
+
+
+def test_dataset_spec_is_the_one_table():
+    spec = data.dataset_spec("celeba")
+    assert (spec.in_channels, spec.image_size, spec.num_classes, spec.fid_split, spec.test_size) == \
+        (3, 64, 0, "valid", 19962)
+    assert data.dataset_info("mnist") == {"in_channels": 1, "image_size": 32, "num_classes": 10}
+    from spikingjelly_vae.presets import get_preset
+    for name, s in data.DATASETS.items():  # the official drop_last of the presets comes from the table
+        assert get_preset("esvae", name)["drop_last"] == s.drop_last == get_preset("fsvae", name)["drop_last"]
+    with pytest.raises(ValueError, match="unknown dataset 'svhn'; choose one of mnist"):
+        data.dataset_spec("svhn")

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from spikingjelly_vae import presets, train
+from spikingjelly_vae.runtime import derived_seed
+from spikingjelly_vae.train import outputs
 from spikingjelly_vae.checkpoint import CheckpointError, load_checkpoint, load_model
 
 SHARED = Path(os.environ.get("SJVAE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -72,7 +74,7 @@ def test_two_epoch_run_writes_all_outputs(tmp_path, one_thread):
     from spikingjelly_vae.data import load_dataset
     x = torch.stack([load_dataset("mnist", "test", SHARED)[i][0] for i in range(32)])
     model, _ = load_model(run / "last.pt")
-    gen = torch.Generator().manual_seed(train._derived_seed(42, 1, 0, "test"))
+    gen = torch.Generator().manual_seed(derived_seed(42, 1, 0, "test"))
     mse = train.evaluate_loader(model, [(x, None)], torch.device("cpu"), gen)["mse"] / 32
     assert mse == pytest.approx(res["metrics"]["test_mse"], rel=1e-6)
 
@@ -108,6 +110,20 @@ def test_existing_run_needs_resume_or_force(tmp_path):
         train.fit(tiny(tmp_path / "empty", epochs=1, resume=True))
     with pytest.raises(ValueError, match="only one"):
         train.fit(tiny(out, resume=True, force=True))
+
+
+def test_on_epoch_end_true_stops_after_that_epoch(tmp_path):
+    seen = []
+
+    def stop_after_first(epoch, metrics):
+        seen.append((epoch, metrics["epoch"], (tmp_path / "run" / "last.pt").is_file()))
+        return epoch == 1
+
+    res = train.fit(tiny(tmp_path / "run", epochs=3), on_epoch_end=stop_after_first)
+    assert seen == [(1, 1, True)]  # called once, after the epoch's checkpoint was written
+    assert res["epochs"] == 1 and len(_rows(tmp_path / "run" / "log.csv")) == 1
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
+    assert len(list((tmp_path / "run" / "images").glob("*.png"))) == 2
 
 
 KILL_SCRIPT = """
@@ -260,8 +276,8 @@ def _ddp_worker(rank, world, port, cfg, report_dir):
     cwd.mkdir()
     os.chdir(cwd)  # anything a rank writes by a relative path would land here
     saves = []
-    real = train.save_checkpoint
-    train.save_checkpoint = lambda path, state: saves.append(str(path)) or real(path, state)
+    real = outputs.save_checkpoint
+    outputs.save_checkpoint = lambda path, state: saves.append(str(path)) or real(path, state)
     res = train.fit(train.TrainConfig(**cfg))
     weights = {k: v.sum().item() for k, v in load_checkpoint(Path(cfg["out"]) / "last.pt")["model"].items()}
     Path(report_dir, f"rank{rank}.json").write_text(json.dumps({"saves": saves, "results": res,

@@ -8,6 +8,7 @@ sum_k min(p_k, q_k) (1 = identical). Operation counts and energy: see ``energy.p
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -20,7 +21,7 @@ MMD_SAMPLES = 256  # rbf_mmd builds a (2n)^2 x L tensor: cap n
 
 
 @torch.no_grad()
-def latent_rates(model, loader, seed: int = 0, device=None, count_ops: bool = False,
+def latent_rates(model, loader, *, seed: int = 0, device=None, count_ops: bool = False,
                  num_raster: int = 4, progress: bool = False) -> Dict:
     """Posterior and prior latent firing rates ``[N, L]`` over ``loader``'s images (as many prior samples).
 
@@ -36,11 +37,11 @@ def latent_rates(model, loader, seed: int = 0, device=None, count_ops: bool = Fa
     for b, (x, _) in enumerate(loader):
         x = x.to(device)
         n = x.shape[0]
-        with _maybe(rec_counter, count_ops):
+        with rec_counter if count_ops else nullcontext():
             z_p = model.posterior_spikes(x, generator=generator_for(seed, "posterior", b, device))
             if count_ops:
                 model.decode(z_p)
-        with _maybe(gen_counter, count_ops):
+        with gen_counter if count_ops else nullcontext():
             z_q = model.prior_spikes(n, generator=generator_for(seed, "prior", b, device))
             if count_ops:
                 model.decode(z_q)
@@ -60,19 +61,6 @@ def latent_rates(model, loader, seed: int = 0, device=None, count_ops: bool = Fa
     if count_ops:
         out["ops"] = {"reconstruction": rec_counter, "generation": gen_counter}
     return out
-
-
-class _maybe:
-    """``with _maybe(ctx, flag)``: enter ``ctx`` only when ``flag``."""
-
-    def __init__(self, ctx, flag):
-        self.ctx, self.flag = ctx, flag
-
-    def __enter__(self):
-        return self.ctx.__enter__() if self.flag else None
-
-    def __exit__(self, *exc):
-        return self.ctx.__exit__(*exc) if self.flag else False
 
 
 def rate_histogram(rates: torch.Tensor, T: int) -> torch.Tensor:
@@ -290,7 +278,7 @@ def history_rates(checkpoints: Sequence, loader, seed: int, device) -> List[Dict
     out = []
     for path in checkpoints:
         model, ckpt = load_spiking_model(path, device)
-        r = latent_rates(model, loader, seed, device)
+        r = latent_rates(model, loader, seed=seed, device=device)
         out.append({"checkpoint": str(path), "epoch": ckpt.get("epoch"), "T": r["T"],
                     "posterior": rate_histogram(r["posterior"], r["T"]).tolist(),
                     "prior": rate_histogram(r["prior"], r["T"]).tolist()})
@@ -316,16 +304,17 @@ def expand_history(paths: Sequence) -> List[Path]:
     return files
 
 
-def run_analysis(checkpoint, out_dir="results/analysis", dataset: Optional[str] = None, data_root=None,
-                 num_images: Optional[int] = 1000, batch_size: int = 256, seed: int = 0, device=None,
+def run_analysis(checkpoint, *, out_dir="results/analysis", dataset: Optional[str] = None, data_root=None,
+                 num_images: Optional[int] = 1000, batch_size: int = 256, seed: int = 0, device="auto",
                  history: Sequence = (), e_ac: float = E_AC_PJ, e_mac: float = E_MAC_PJ, num_raster: int = 4,
                  progress: bool = False) -> Dict:
     """Fig. 4/6/7 and the energy table for one checkpoint; writes into ``out_dir``:
     ``analysis.json``, ``firing_rates.csv``/``.png`` (Fig. 6), ``spike_raster.png`` (Fig. 4),
     ``layer_rates.csv``, ``layer_ops.csv``, ``layers.png`` and, with ``history``,
     ``firing_rates_history.csv``/``.png`` (Fig. 7)."""
-    from .common import (choose_dataset, image_loader, load_spiking_model, model_label, provenance,
-                         resolve_device, write_csv, write_json)
+    from ..atomic import write_json
+    from ..runtime import resolve_device
+    from .common import choose_dataset, image_loader, load_spiking_model, model_label, provenance, write_csv
 
     started = time.time()
     if e_ac < 0 or e_mac < 0:
@@ -335,30 +324,17 @@ def run_analysis(checkpoint, out_dir="results/analysis", dataset: Optional[str] 
     model, ckpt = load_spiking_model(checkpoint, device)
     dataset = choose_dataset(dataset, [ckpt], [checkpoint])
     label = model_label(ckpt, checkpoint)
-    loader = image_loader(dataset, "test", data_root, num_images, batch_size)
+    loader = image_loader(dataset, "test", root=data_root, num_images=num_images, batch_size=batch_size)
     out_dir = Path(out_dir)
 
-    rates = latent_rates(model, loader, seed, device, count_ops=True, num_raster=num_raster,
+    rates = latent_rates(model, loader, seed=seed, device=device, count_ops=True, num_raster=num_raster,
                          progress=progress)
     T = rates["T"]
     summary = rate_summary(rates["posterior"], rates["prior"], T)
     x0 = next(iter(loader))[0].to(device)
     energy = energy_report(rates, ann_operations(model, x0, seed), e_ac, e_mac)
 
-    write_csv(out_dir / "firing_rates.csv",
-              [{"rate": k / T, "posterior": summary["posterior"]["histogram"][k],
-                "prior": summary["prior"]["histogram"][k]} for k in range(T + 1)],
-              ("rate", "posterior", "prior"))
-    write_csv(out_dir / "layer_rates.csv",
-              [{"phase": ph, **r} for ph in ("reconstruction", "generation") for r in energy[ph]["neurons"]],
-              ("phase", "layer", "type", "neurons", "steps", "firing_rate", "spikes_per_image"))
-    op_rows = [{"model": "snn", "phase": ph, **r} for ph in ("reconstruction", "generation")
-               for r in energy[ph]["layers"]]
-    op_rows += [{"model": "ann", "phase": ph, **r} for ph in ("reconstruction", "generation")
-                for r in energy["ann"][ph].get("layers", [])]
-    write_csv(out_dir / "layer_ops.csv", op_rows,
-              ("model", "phase", "layer", "type", "op", "ac_per_image", "mac_per_image", "synapses_per_step",
-               "input_rate", "energy_pj_per_image"))
+    _write_tables(out_dir, T, summary, energy)
     plot_rate_distributions(rates, out_dir / "firing_rates.png",
                             f"{label} on {dataset}: latent firing rates, {rates['num_images']} test images "
                             f"(T={T}, overlap {summary['overlap']:.2f})")
@@ -378,20 +354,43 @@ def run_analysis(checkpoint, out_dir="results/analysis", dataset: Optional[str] 
                   ("checkpoint", "epoch", "stage", "rate", "frequency"))
         plot_history(hist, T, out_dir / "firing_rates_history.png")
 
-    def strip(d):
-        return {k: v for k, v in d.items() if k not in ("layers", "neurons")}
-
     result = {
         "experiment": "analysis", "checkpoint": str(checkpoint), "label": label, "config": ckpt["config"],
         "epoch": ckpt.get("epoch"), "dataset": dataset, "split": "test", "num_images": rates["num_images"],
-        "seed": seed, "rates": summary,
-        "energy": {**{k: v for k, v in energy.items() if k not in ("reconstruction", "generation", "ann")},
-                   "reconstruction": strip(energy["reconstruction"]),
-                   "generation": strip(energy["generation"]),
-                   "ann": {k: strip(v) if isinstance(v, dict) else v for k, v in energy["ann"].items()},
-                   "definition": "see spikingjelly_vae/experiments/energy.py and docs/experiments.md"},
+        "seed": seed, "rates": summary, "energy": _energy_json(energy),
         "history": [{k: h[k] for k in ("checkpoint", "epoch", "posterior", "prior")} for h in hist],
         "provenance": provenance(device, started),
     }
     write_json(out_dir / "analysis.json", result)
     return result
+
+
+def _write_tables(out_dir: Path, T: int, summary: Dict, energy: Dict) -> None:
+    """firing_rates.csv (Fig. 6 histograms), layer_rates.csv and layer_ops.csv."""
+    from .common import write_csv
+
+    write_csv(out_dir / "firing_rates.csv",
+              [{"rate": k / T, "posterior": summary["posterior"]["histogram"][k],
+                "prior": summary["prior"]["histogram"][k]} for k in range(T + 1)],
+              ("rate", "posterior", "prior"))
+    write_csv(out_dir / "layer_rates.csv",
+              [{"phase": ph, **r} for ph in ("reconstruction", "generation") for r in energy[ph]["neurons"]],
+              ("phase", "layer", "type", "neurons", "steps", "firing_rate", "spikes_per_image"))
+    op_rows = [{"model": "snn", "phase": ph, **r} for ph in ("reconstruction", "generation")
+               for r in energy[ph]["layers"]]
+    op_rows += [{"model": "ann", "phase": ph, **r} for ph in ("reconstruction", "generation")
+                for r in energy["ann"][ph].get("layers", [])]
+    write_csv(out_dir / "layer_ops.csv", op_rows,
+              ("model", "phase", "layer", "type", "op", "ac_per_image", "mac_per_image", "synapses_per_step",
+               "input_rate", "energy_pj_per_image"))
+
+
+def _energy_json(energy: Dict) -> Dict:
+    """The energy report without its per-layer lists (those are in the CSVs)."""
+    def strip(d):
+        return {k: v for k, v in d.items() if k not in ("layers", "neurons")}
+
+    return {**{k: v for k, v in energy.items() if k not in ("reconstruction", "generation", "ann")},
+            "reconstruction": strip(energy["reconstruction"]), "generation": strip(energy["generation"]),
+            "ann": {k: strip(v) if isinstance(v, dict) else v for k, v in energy["ann"].items()},
+            "definition": "see spikingjelly_vae/experiments/energy.py and docs/experiments.md"}

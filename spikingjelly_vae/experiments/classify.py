@@ -8,8 +8,8 @@ Features are computed once per checkpoint (and cached in the output folder); the
 """
 from __future__ import annotations
 
-import hashlib
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -18,6 +18,16 @@ import torch.nn.functional as F
 from torch import nn
 
 HIDDEN = (512, 256, 128)
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    """How the MLP probe trains (paper: SGD, lr 0.01, 200 epochs; momentum and batch are our choices)."""
+
+    epochs: int = 200
+    lr: float = 0.01
+    momentum: float = 0.9
+    batch_size: int = 128
 
 
 @torch.no_grad()
@@ -62,7 +72,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / len(x)
 
 
-def train_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+def train_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, *,
                 epochs: int = 200, lr: float = 0.01, momentum: float = 0.9, batch_size: int = 128,
                 seed: int = 0, num_classes: Optional[int] = None, device="cpu", eval_every: int = 1,
                 progress: bool = False) -> Dict:
@@ -113,25 +123,18 @@ def train_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tens
             "mlp": mlp.cpu(), "num_classes": num_classes}
 
 
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def cached_features(model, checkpoint, dataset: str, data_root, num_train: Optional[int],
+def cached_features(model, checkpoint, *, dataset: str, data_root, num_train: Optional[int],
                     num_test: Optional[int], batch_size: int, device, cache_file: Optional[Path],
                     progress: bool = False) -> Dict:
     """Train/test features of one checkpoint, reused from ``cache_file`` when it holds the same key.
 
     The key is the checkpoint's sha256, the dataset and the image counts; the file is written atomically.
     """
+    from ..atomic import sha256_file
     from ..checkpoint import save_checkpoint  # atomic torch.save
     from .common import image_loader
 
-    key = f"{file_sha256(checkpoint)}|{dataset}|{num_train}|{num_test}"
+    key = f"{sha256_file(checkpoint)}|{dataset}|{num_train}|{num_test}"
     if cache_file is not None and Path(cache_file).is_file():
         try:
             cached = torch.load(cache_file, map_location="cpu", weights_only=True)
@@ -141,7 +144,7 @@ def cached_features(model, checkpoint, dataset: str, data_root, num_train: Optio
             return {**cached, "from_cache": True}
     feats = {"key": key}
     for split, n in (("train", num_train), ("test", num_test)):
-        loader = image_loader(dataset, split, data_root, n, batch_size)
+        loader = image_loader(dataset, split, root=data_root, num_images=n, batch_size=batch_size)
         feats[f"{split}_x"], feats[f"{split}_y"] = extract_features(model, loader, device, progress)
     if cache_file is not None:
         save_checkpoint(cache_file, feats)
@@ -176,17 +179,16 @@ def plot_history(results: Dict[str, Dict], path, chance: Optional[float] = None)
     save_figure(fig, path)
 
 
-def run_classify(checkpoints: Sequence, out_dir="results/classify", dataset: Optional[str] = None,
-                 data_root=None, num_train: Optional[int] = None, num_test: Optional[int] = None,
-                 epochs: int = 200, lr: float = 0.01, momentum: float = 0.9, batch_size: int = 128,
-                 feature_batch_size: int = 256, seed: int = 0, device=None,
-                 labels: Optional[Sequence[str]] = None, use_cache: bool = True,
-                 progress: bool = False) -> Dict:
+def run_classify(checkpoints: Sequence, probe: ProbeOptions = ProbeOptions(), *, out_dir="results/classify",
+                 dataset: Optional[str] = None, data_root=None, num_train: Optional[int] = None,
+                 num_test: Optional[int] = None, feature_batch_size: int = 256, seed: int = 0, device="auto",
+                 labels: Optional[Sequence[str]] = None, use_cache: bool = True, progress: bool = False) -> Dict:
     """Probe each checkpoint's encoder; write ``classify.csv``, ``classify_history.csv``, ``classify.json``,
     ``classify.png`` (and ``probe_features_<label>.pt`` caches) in ``out_dir``. Returns the JSON summary."""
+    from ..atomic import write_json
     from ..data import dataset_info
-    from .common import (choose_dataset, load_spiking_model, model_label, provenance, resolve_device,
-                         safe_name, unique_labels, write_csv, write_json)
+    from ..runtime import resolve_device
+    from .common import choose_dataset, load_spiking_model, model_label, provenance, safe_name, unique_labels
 
     started = time.time()
     if not checkpoints:
@@ -202,29 +204,18 @@ def run_classify(checkpoints: Sequence, out_dir="results/classify", dataset: Opt
         raise ValueError(f"{dataset} has no class labels; the encoder probe needs mnist, fashion or cifar10")
     labels = unique_labels(labels or [model_label(c, p) for (_, c), p in zip(loaded, checkpoints)])
     out_dir = Path(out_dir)
-    results, rows, hist_rows = {}, [], []
-    for (model, ckpt), path, label in zip(loaded, checkpoints, labels):
-        t0 = time.time()
+    features = dict(dataset=dataset, data_root=data_root, num_train=num_train, num_test=num_test,
+                    batch_size=feature_batch_size, device=device, progress=progress)
+    results = {}
+    for (model, _), path, label in zip(loaded, checkpoints, labels):
         cache = out_dir / f"probe_features_{safe_name(label)}.pt" if use_cache else None
-        f = cached_features(model, path, dataset, data_root, num_train, num_test, feature_batch_size, device,
-                            cache, progress)
-        t1 = time.time()
-        r = train_probe(f["train_x"], f["train_y"], f["test_x"], f["test_y"], epochs, lr, momentum,
-                        batch_size, seed, num_classes, device, progress=progress)
-        r.update(feature_seconds=round(t1 - t0, 3), probe_seconds=round(time.time() - t1, 3),
-                 features_from_cache=f["from_cache"], num_train=len(f["train_x"]), num_test=len(f["test_x"]),
-                 latent_dim=f["train_x"].shape[1], mean_rate=f["train_x"].mean().item())
-        results[label] = r
-        rows.append({"model": label, "dataset": dataset, **{k: r[k] for k in CSV_FIELDS[2:]}})
-        hist_rows += [{"model": label, **h} for h in r["history"]]
-    write_csv(out_dir / "classify.csv", rows, CSV_FIELDS)
-    write_csv(out_dir / "classify_history.csv", hist_rows,
-              ("model", "epoch", "train_loss", "train_acc", "test_acc"))
-    plot_history(results, out_dir / "classify.png", chance=1.0 / num_classes)
+        results[label] = _probe_one(model, path, cache, features, probe, seed=seed, num_classes=num_classes)
+    _write_results(out_dir, dataset, results, num_classes)
     summary = {
         "experiment": "classify", "dataset": dataset, "seed": seed,
-        "probe": {"hidden": list(HIDDEN), "activation": "relu", "optimizer": "SGD", "lr": lr,
-                  "momentum": momentum, "batch_size": batch_size, "epochs": epochs, "loss": "cross-entropy",
+        "probe": {"hidden": list(HIDDEN), "activation": "relu", "optimizer": "SGD", "lr": probe.lr,
+                  "momentum": probe.momentum, "batch_size": probe.batch_size, "epochs": probe.epochs,
+                  "loss": "cross-entropy",
                   "features": "posterior firing rate r_p = mean_t x_e (encode(x)[1]; ANN VAE: mu), "
                               "eval mode"},
         "models": {label: {"checkpoint": str(p), "config": c["config"], "epoch": c.get("epoch"),
@@ -234,6 +225,31 @@ def run_classify(checkpoints: Sequence, out_dir="results/classify", dataset: Opt
     }
     write_json(out_dir / "classify.json", summary)
     return summary
+
+
+def _probe_one(model, path, cache, features: dict, probe: ProbeOptions, *, seed: int, num_classes: int) -> Dict:
+    """Features of one checkpoint (cached) and the probe trained on them, with timings and counts."""
+    t0 = time.time()
+    f = cached_features(model, path, cache_file=cache, **features)
+    t1 = time.time()
+    r = train_probe(f["train_x"], f["train_y"], f["test_x"], f["test_y"], **asdict(probe), seed=seed,
+                    num_classes=num_classes, device=features["device"], progress=features["progress"])
+    r.update(feature_seconds=round(t1 - t0, 3), probe_seconds=round(time.time() - t1, 3),
+             features_from_cache=f["from_cache"], num_train=len(f["train_x"]), num_test=len(f["test_x"]),
+             latent_dim=f["train_x"].shape[1], mean_rate=f["train_x"].mean().item())
+    return r
+
+
+def _write_results(out_dir: Path, dataset: str, results: Dict[str, Dict], num_classes: int) -> None:
+    """classify.csv (one row per model), classify_history.csv (one per model and epoch), classify.png."""
+    from .common import write_csv
+
+    rows = [{"model": label, "dataset": dataset, **{k: r[k] for k in CSV_FIELDS[2:]}}
+            for label, r in results.items()]
+    hist_rows = [{"model": label, **h} for label, r in results.items() for h in r["history"]]
+    write_csv(out_dir / "classify.csv", rows, CSV_FIELDS)
+    write_csv(out_dir / "classify_history.csv", hist_rows, ("model", "epoch", "train_loss", "train_acc", "test_acc"))
+    plot_history(results, out_dir / "classify.png", chance=1.0 / num_classes)
 
 
 CSV_FIELDS = ("model", "dataset", "test_acc", "train_acc", "num_train", "num_test", "latent_dim", "mean_rate",

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
 import platform
 import subprocess
 import time
@@ -15,31 +13,14 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from ..atomic import atomic_write_bytes
-
-# Where a checkpoint may record its dataset (train.py's layout is not fixed here; the first hit wins).
-_DATASET_KEYS = (("dataset",), ("config", "dataset"), ("args", "dataset"), ("train_config", "dataset"),
-                 ("run", "dataset"), ("metrics", "dataset"))
-
-
-def derived_seed(seed: int, stream: str, batch_index: int) -> int:
-    """A 63-bit seed from (seed, stream name, batch index) only: sha256 of ``"seed:stream:batch"``."""
-    digest = hashlib.sha256(f"{int(seed)}:{stream}:{int(batch_index)}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+from ..checkpoint import checkpoint_dataset
+from ..runtime import derived_seed
 
 
 def generator_for(seed: int, stream: str, batch_index: int, device="cpu") -> torch.Generator:
-    """A torch.Generator on ``device`` seeded by :func:`derived_seed`: same arguments, same draws."""
-    return torch.Generator(device=device).manual_seed(derived_seed(seed, stream, batch_index))
-
-
-def resolve_device(device: Optional[str]) -> torch.device:
-    """``None``/"auto" -> cuda when available, else cpu; otherwise the named device (checked)."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for but CUDA is not available here; use --device cpu")
-    return dev
+    """A torch.Generator on ``device`` seeded by ``runtime.derived_seed(seed, stream, batch_index)``:
+    same arguments, same draws."""
+    return torch.Generator(device=device).manual_seed(derived_seed(int(seed), stream, int(batch_index)))
 
 
 def is_spiking(model) -> bool:
@@ -66,17 +47,6 @@ def load_spiking_model(path, device, spiking_only: bool = True) -> tuple:
     return model.eval(), ckpt
 
 
-def checkpoint_dataset(ckpt: dict) -> Optional[str]:
-    """The dataset name a checkpoint records, if any."""
-    for keys in _DATASET_KEYS:
-        value = ckpt
-        for key in keys:
-            value = value.get(key) if isinstance(value, dict) else None
-        if isinstance(value, str):
-            return value
-    return None
-
-
 def choose_dataset(dataset: Optional[str], ckpts: Sequence[dict], paths: Sequence) -> str:
     """``dataset`` if given, else the one every checkpoint records; checked against the models' inputs."""
     from ..data import dataset_info
@@ -98,7 +68,7 @@ def choose_dataset(dataset: Optional[str], ckpts: Sequence[dict], paths: Sequenc
     return dataset
 
 
-def image_loader(dataset: str, split: str, root=None, num_images: Optional[int] = None,
+def image_loader(dataset: str, split: str, *, root=None, num_images: Optional[int] = None,
                  batch_size: int = 256, cache_dir=None) -> DataLoader:
     """The first ``num_images`` images of a split, in file order, no augmentation, as a DataLoader."""
     from ..data import load_dataset
@@ -132,11 +102,6 @@ def safe_name(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
 
 
-def write_json(path, obj) -> Path:
-    """Write ``obj`` as indented JSON via a temp file + rename."""
-    return atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_jsonable) + "\n").encode())
-
-
 def write_csv(path, rows: Iterable[dict], fieldnames: Sequence[str]) -> Path:
     """Write dict rows as CSV (None -> empty cell) via a temp file + rename."""
     buf = io.StringIO()
@@ -165,14 +130,6 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _jsonable(value):
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def git_commit() -> Optional[str]:

@@ -50,7 +50,7 @@ def bit_flip(z: torch.Tensor, level: float, generator: Optional[torch.Generator]
     return torch.where(flip, 1.0 - z, z)
 
 
-def gaussian_noise(z: torch.Tensor, level: float, generator: Optional[torch.Generator] = None,
+def gaussian_noise(z: torch.Tensor, level: float, generator: Optional[torch.Generator] = None, *,
                    uniform: Optional[torch.Tensor] = None,
                    noise: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Add N(0, 1) noise to a fraction ``level`` of the bits and re-binarise at 0.5.
@@ -84,7 +84,7 @@ def perturbations(z: torch.Tensor, kind: str, levels: Sequence[float], seed: int
 
 
 @torch.no_grad()
-def evaluate_robustness(model, loader, kind: str, levels: Sequence[float] = DEFAULT_LEVELS, seed: int = 0,
+def evaluate_robustness(model, loader, kind: str, levels: Sequence[float] = DEFAULT_LEVELS, *, seed: int = 0,
                         device=None, num_examples: int = 8, progress: bool = False) -> Dict:
     """Decode perturbed posterior spikes of every image in ``loader``; return MSEs per level.
 
@@ -220,9 +220,9 @@ def plot_examples(result: Dict, label: str, path) -> None:
     save_figure(fig, path)
 
 
-def run_robustness(checkpoints: Sequence, kind: str, levels: Sequence[float] = DEFAULT_LEVELS,
+def run_robustness(checkpoints: Sequence, kind: str, levels: Sequence[float] = DEFAULT_LEVELS, *,
                    out_dir="results/robustness", dataset: Optional[str] = None, data_root=None,
-                   num_images: Optional[int] = None, batch_size: int = 256, seed: int = 0, device=None,
+                   num_images: Optional[int] = None, batch_size: int = 256, seed: int = 0, device="auto",
                    labels: Optional[Sequence[str]] = None, num_examples: int = 8,
                    progress: bool = False) -> Dict:
     """Load each checkpoint, run :func:`evaluate_robustness` on the test split, write CSV/JSON/PNGs.
@@ -232,8 +232,10 @@ def run_robustness(checkpoints: Sequence, kind: str, levels: Sequence[float] = D
     """
     from pathlib import Path
 
-    from .common import (choose_dataset, image_loader, load_spiking_model, model_label, provenance,
-                         resolve_device, safe_name, unique_labels, write_csv, write_json)
+    from ..atomic import write_json
+    from ..runtime import resolve_device
+    from .common import (choose_dataset, image_loader, load_spiking_model, model_label, provenance, safe_name,
+                         unique_labels, write_csv)
 
     started = time.time()
     if not checkpoints:
@@ -247,11 +249,12 @@ def run_robustness(checkpoints: Sequence, kind: str, levels: Sequence[float] = D
     loaded = [load_spiking_model(p, device) for p in checkpoints]
     dataset = choose_dataset(dataset, [c for _, c in loaded], checkpoints)
     labels = unique_labels(labels or [model_label(c, p) for (_, c), p in zip(loaded, checkpoints)])
-    loader = image_loader(dataset, "test", data_root, num_images, batch_size)
+    loader = image_loader(dataset, "test", root=data_root, num_images=num_images, batch_size=batch_size)
     out_dir = Path(out_dir)
     results, rows = {}, []
     for (model, _), label in zip(loaded, labels):
-        result = evaluate_robustness(model, loader, kind, levels, seed, device, num_examples, progress)
+        result = evaluate_robustness(model, loader, kind, levels, seed=seed, device=device,
+                                     num_examples=num_examples, progress=progress)
         results[label] = result
         rows += result_rows(label, result)
         plot_examples(result, label, out_dir / f"robustness_{kind}_images_{safe_name(label)}.png")

@@ -8,131 +8,194 @@ A metric whose weights are missing is reported as unavailable with the reason, n
 """
 from __future__ import annotations
 
-import json
 import platform
 import time
-from pathlib import Path
+from dataclasses import dataclass, fields
+from typing import Callable, Optional
 
 import torch
 
-from ..atomic import atomic_write_text
+from ..atomic import sha256_file
 from .fad import compute_fad, load_fad_model
 from .fid import compute_fid, fid_reference_stats, load_fid_inception
 from .inception_score import compute_inception_score, load_is_inception
-from .reconstruction import REFERENCE_DROP_LAST, reconstruction_mse
-from .resources import MetricUnavailable, sha256_file
+from .reconstruction import reconstruction_mse
+from .resources import MetricUnavailable
 from .sources import collect, sample_batches, tensor_batches
 
-__all__ = ["METRICS", "PROTOCOLS", "FID_SPLIT", "evaluate_checkpoint", "format_table", "write_json"]
+__all__ = ["METRICS", "PROTOCOLS", "EvalOptions", "EvalSources", "split_eval_kwargs", "evaluate_checkpoint",
+           "format_table"]
 
 METRICS = ("mse", "fid", "is", "fad")
 PROTOCOLS = ("reference", "standard")
-FID_SPLIT = {"mnist": "test", "fashion": "test", "cifar10": "test", "celeba": "valid"}  # as the reference
 
 
-def _checkpoint_dataset(ckpt: dict):
-    for src in (ckpt, ckpt.get("config") or {}, ckpt.get("args") or {}, ckpt.get("train_config") or {}):
-        if isinstance(src, dict) and isinstance(src.get("dataset"), str):
-            return src["dataset"]
-    return None
+@dataclass(frozen=True)
+class EvalOptions:
+    """What `evaluate_checkpoint` measures and how (the `sjvae evaluate` settings; defaults: the paper's)."""
+
+    metrics: tuple = METRICS
+    protocol: str = "reference"        # reference | standard (docs/metrics.md)
+    fid_mode: str = "clean"            # clean | fast resize to 299
+    num_samples: int = 5000            # generated images for FID (FAD takes all ceil(n/batch) x batch drawn)
+    sample_batch: int = 128            # sampling batch of FID/FAD
+    is_batch: int = 256
+    is_batches: int = 10
+    mse_batch: Optional[int] = None    # default: the dataset's DatasetSpec.mse_batch
+    mse_num: Optional[int] = None      # first N test images only
+    fid_ref_num: Optional[int] = None  # FID reference statistics from the first N images only
+    seed: int = 0
+
+    def check(self) -> None:
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown or not self.metrics:
+            raise ValueError(f"unknown metrics {unknown or self.metrics}; choose from {', '.join(METRICS)}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
 
 
-def evaluate_checkpoint(checkpoint, metrics=METRICS, dataset=None, data_root=None, protocol="reference",
-                        fid_mode="clean", inception_weights=None, is_weights=None, fad_dir=None,
-                        fad_checkpoint=None, cache_dir=None, num_samples=5000, sample_batch=128,
-                        is_batch=256, is_batches=10, mse_batch=None, mse_num=None, fid_ref_num=None, seed=0, device=None,
-                        progress=False, log=lambda msg: None) -> dict:
-    """Compute `metrics` for the model in `checkpoint`; returns the JSON-ready result dict."""
+@dataclass(frozen=True)
+class EvalSources:
+    """Where the data, the metric weights and the caches are (None: the environment variables / defaults)."""
+
+    data_root: Optional[str] = None
+    cache_dir: Optional[str] = None
+    inception_weights: Optional[str] = None  # FID TorchScript Inception (env SJVAE_INCEPTION)
+    is_weights: Optional[str] = None         # torchvision inception_v3 weights (env SJVAE_IS_WEIGHTS)
+    fad_dir: Optional[str] = None            # official FAD files (env SJVAE_FAD)
+    fad_checkpoint: Optional[str] = None     # a feature AE of `sjvae fad-ae train` instead
+
+
+def split_eval_kwargs(**kwargs) -> tuple:
+    """Flat keyword options (as `compare(..., evaluate=True, **kwargs)` takes them) ->
+    ``(EvalOptions, EvalSources, rest)``; ``rest`` holds the others (dataset, device, progress, log)."""
+    groups = []
+    for cls in (EvalOptions, EvalSources):
+        names = {f.name for f in fields(cls)}
+        groups.append(cls(**{k: kwargs.pop(k) for k in list(kwargs) if k in names}))
+    return groups[0], groups[1], kwargs
+
+
+@dataclass
+class _Run:
+    """One evaluation in progress: the model, its settings and the result dict being filled."""
+
+    model: torch.nn.Module
+    dataset: str
+    device: torch.device
+    options: EvalOptions
+    sources: EvalSources
+    progress: bool
+    log: Callable[[str], None]
+    res: dict
+    pool: Optional[torch.Tensor] = None  # generated images shared by FID and FAD
+
+    def generator(self, offset: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(self.options.seed + offset)
+
+
+def evaluate_checkpoint(checkpoint, options: EvalOptions = EvalOptions(), sources: EvalSources = EvalSources(),
+                        *, dataset: Optional[str] = None, device="auto", progress: bool = False,
+                        log: Optional[Callable[[str], None]] = None) -> dict:
+    """Compute `options.metrics` for the model in `checkpoint` (dataset: given, else the one it records);
+    returns the JSON-ready result dict."""
     from .. import __version__
-    from ..checkpoint import load_model
-    from ..data import load_dataset
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown or not metrics:
-        raise ValueError(f"unknown metrics {unknown or metrics}; choose from {', '.join(METRICS)}")
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from ..checkpoint import checkpoint_dataset, load_model
+    from ..data import DATASETS
+    from ..runtime import resolve_device
+    options.check()
+    device = resolve_device(device)
     model, ckpt = load_model(checkpoint, map_location=device)
-    dataset = dataset or _checkpoint_dataset(ckpt)
+    dataset = dataset or checkpoint_dataset(ckpt)
     if dataset is None:
         raise ValueError(f"{checkpoint} does not say which dataset it was trained on; pass --dataset")
-    if dataset not in FID_SPLIT:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(FID_SPLIT)}")
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     res = {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint),
-           "epoch": ckpt.get("epoch"), "model": ckpt.get("config"), "dataset": dataset, "protocol": protocol,
-           "seed": seed, "device": str(device), "metrics": {}, "unavailable": {}, "weights": {},
-           "seconds": {}, "versions": {"spikingjelly_vae": __version__, "torch": torch.__version__,
-                                       "python": platform.python_version()}}
-    model.eval()
-    gen = lambda offset: torch.Generator(device=device).manual_seed(seed + offset)  # noqa: E731
-
-    if "mse" in metrics:
-        t = time.time()
-        log("reconstruction MSE on the test split ...")
-        test = load_dataset(dataset, "test", root=data_root, cache_dir=cache_dir, augment=False)
-        mse_batch = mse_batch or (128 if dataset == "celeba" else 512)  # ESVAE's test batch: 2 x train batch
-        r = reconstruction_mse(model, test, mse_batch, gen(0), device, REFERENCE_DROP_LAST[dataset], num=mse_num)
-        res["metrics"]["mse"] = {**r, "split": "test",
-                                 "protocol": "per-image mean over the whole test set (mse); the reference's "
-                                             "mean of batch means (mse_batch_mean)"}
-        res["seconds"]["mse"] = time.time() - t
-
-    pool = None
-    if "fid" in metrics or "fad" in metrics:
-        t = time.time()
-        log(f"sampling {num_samples} images in batches of {sample_batch} ...")
-        pool = collect(sample_batches(model, num_samples, sample_batch, gen(1)))
-        res["num_generated"] = int(pool.shape[0])
-        res["seconds"]["sampling"] = time.time() - t
-
-    if "fid" in metrics:
-        t = time.time()
-        try:
-            inception = load_fid_inception(inception_weights, device)
-            res["weights"]["fid_inception"] = {"path": str(inception.path), "sha256": inception.sha256}
-            split = FID_SPLIT[dataset]
-            log(f"FID reference statistics of {dataset} {split} ({fid_mode}) ...")
-            ref = fid_reference_stats(dataset, split, inception, fid_mode, root=data_root, cache_dir=cache_dir,
-                                      num=fid_ref_num, device=device, progress=progress)
-            log("FID of the samples ...")
-            r = compute_fid(tensor_batches(pool, sample_batch), ref, inception, fid_mode, num_samples, device,
-                            progress=progress)
-            res["metrics"]["fid"] = {**r, "reference_split": split, "reference_stats": ref["path"],
-                                     "reference_stats_cached": ref["cached"],
-                                     "protocol": f"TF-Inception pool3, {fid_mode} resize"
-                                                 + (" (clean-fid, the reference)" if fid_mode == "clean" else "")}
-        except MetricUnavailable as e:
-            res["unavailable"]["fid"] = str(e)
-        res["seconds"]["fid"] = time.time() - t
-
-    if "fad" in metrics:
-        t = time.time()
-        try:
-            fad = load_fad_model(dataset, fad_dir, cache_dir, checkpoint=fad_checkpoint, device=device)
-            res["weights"]["fad_ae"] = fad.describe()
-            log(f"FAD ({protocol}, {fad.source} autoencoder) ...")
-            r = compute_fad(tensor_batches(pool, sample_batch), fad, protocol, root=data_root, cache_dir=cache_dir)
-            res["metrics"]["fad"] = r
-        except MetricUnavailable as e:
-            res["unavailable"]["fad"] = str(e)
-        res["seconds"]["fad"] = time.time() - t
-
-    if "is" in metrics:
-        t = time.time()
-        try:
-            net, info = load_is_inception(is_weights, device)
-            res["weights"]["is_inception"] = info
-            log(f"Inception Score ({protocol}) on {is_batches} x {is_batch} samples ...")
-            batches = sample_batches(model, is_batch * is_batches, is_batch, gen(2))
-            r = compute_inception_score(batches, net, protocol,
-                                        splits=is_batches if protocol == "reference" else 10, device=device)
-            if not info["torchvision_imagenet"]:
-                r["note"] = "weights file is not torchvision's published inception_v3_google-0cc3c7bd.pth"
-            res["metrics"]["is"] = r
-        except MetricUnavailable as e:
-            res["unavailable"]["is"] = str(e)
-        res["seconds"]["is"] = time.time() - t
+           "epoch": ckpt.get("epoch"), "model": ckpt.get("config"), "dataset": dataset,
+           "protocol": options.protocol, "seed": options.seed, "device": str(device), "metrics": {},
+           "unavailable": {}, "weights": {}, "seconds": {},
+           "versions": {"spikingjelly_vae": __version__, "torch": torch.__version__,
+                        "python": platform.python_version()}}
+    run = _Run(model.eval(), dataset, device, options, sources, progress, log or (lambda msg: None), res)
+    wanted = set(options.metrics) | ({"sampling"} if {"fid", "fad"} & set(options.metrics) else set())
+    for name, step in (("mse", _mse), ("sampling", _sample_pool), ("fid", _fid), ("fad", _fad),
+                       ("is", _inception_score)):
+        if name in wanted:
+            _timed(run, name, step)
     return res
+
+
+def _timed(run: _Run, name: str, step: Callable) -> None:
+    """Run one step; a result dict goes to res["metrics"][name], a MetricUnavailable to res["unavailable"],
+    its seconds to res["seconds"][name]."""
+    t = time.time()
+    try:
+        out = step(run)
+        if out is not None:
+            run.res["metrics"][name] = out
+    except MetricUnavailable as e:
+        run.res["unavailable"][name] = str(e)
+    run.res["seconds"][name] = time.time() - t
+
+
+def _mse(run: _Run) -> dict:
+    from ..data import dataset_spec, load_dataset
+    run.log("reconstruction MSE on the test split ...")
+    spec, o = dataset_spec(run.dataset), run.options
+    test = load_dataset(run.dataset, "test", root=run.sources.data_root, cache_dir=run.sources.cache_dir,
+                        augment=False)
+    r = reconstruction_mse(run.model, test, o.mse_batch or spec.mse_batch, run.generator(0), device=run.device,
+                           drop_last_reference=spec.drop_last, num=o.mse_num)
+    return {**r, "split": "test", "protocol": "per-image mean over the whole test set (mse); the reference's "
+                                              "mean of batch means (mse_batch_mean)"}
+
+
+def _sample_pool(run: _Run) -> None:
+    """One pool of generated images for FID and FAD (run.pool)."""
+    o = run.options
+    run.log(f"sampling {o.num_samples} images in batches of {o.sample_batch} ...")
+    run.pool = collect(sample_batches(run.model, o.num_samples, o.sample_batch, run.generator(1)))
+    run.res["num_generated"] = int(run.pool.shape[0])
+
+
+def _fid(run: _Run) -> dict:
+    from ..data import dataset_spec
+    o, src = run.options, run.sources
+    inception = load_fid_inception(src.inception_weights, run.device)
+    run.res["weights"]["fid_inception"] = {"path": str(inception.path), "sha256": inception.sha256}
+    split = dataset_spec(run.dataset).fid_split
+    run.log(f"FID reference statistics of {run.dataset} {split} ({o.fid_mode}) ...")
+    ref = fid_reference_stats(run.dataset, split, inception, o.fid_mode, root=src.data_root,
+                              cache_dir=src.cache_dir, num=o.fid_ref_num, device=run.device, progress=run.progress)
+    run.log("FID of the samples ...")
+    r = compute_fid(tensor_batches(run.pool, o.sample_batch), ref, inception, o.fid_mode, num=o.num_samples,
+                    device=run.device, progress=run.progress)
+    return {**r, "reference_split": split, "reference_stats": ref["path"], "reference_stats_cached": ref["cached"],
+            "protocol": f"TF-Inception pool3, {o.fid_mode} resize"
+                        + (" (clean-fid, the reference)" if o.fid_mode == "clean" else "")}
+
+
+def _fad(run: _Run) -> dict:
+    src = run.sources
+    fad = load_fad_model(run.dataset, src.fad_dir, src.cache_dir, checkpoint=src.fad_checkpoint, device=run.device)
+    run.res["weights"]["fad_ae"] = fad.describe()
+    run.log(f"FAD ({run.options.protocol}, {fad.source} autoencoder) ...")
+    return compute_fad(tensor_batches(run.pool, run.options.sample_batch), fad, run.options.protocol,
+                       root=src.data_root, cache_dir=src.cache_dir)
+
+
+def _inception_score(run: _Run) -> dict:
+    o = run.options
+    net, info = load_is_inception(run.sources.is_weights, run.device)
+    run.res["weights"]["is_inception"] = info
+    run.log(f"Inception Score ({o.protocol}) on {o.is_batches} x {o.is_batch} samples ...")
+    batches = sample_batches(run.model, o.is_batch * o.is_batches, o.is_batch, run.generator(2))
+    r = compute_inception_score(batches, net, o.protocol, splits=o.is_batches if o.protocol == "reference" else 10,
+                                device=run.device)
+    if not info["torchvision_imagenet"]:
+        r["note"] = "weights file is not torchvision's published inception_v3_google-0cc3c7bd.pth"
+    return r
 
 
 def _fmt(v):
@@ -152,7 +215,8 @@ def format_table(res: dict) -> str:
                      f"{m['fid']['mode']} vs {res['dataset']} {m['fid']['reference_split']}"))
     if "is" in m:
         rows.append(("IS", f"{m['is']['is']:.4f} +- {m['is']['is_std']:.4f}", str(m["is"]["num_images"]),
-                     f"{m['is']['protocol']}, {m['is']['splits']} splits" + (f"; {m['is']['note']}" if "note" in m["is"] else "")))
+                     f"{m['is']['protocol']}, {m['is']['splits']} splits"
+                     + (f"; {m['is']['note']}" if "note" in m["is"] else "")))
     if "fad" in m:
         f = m["fad"]
         rows.append(("FAD", _fmt(f["fad"]), str(f["num_images"]),
@@ -162,7 +226,3 @@ def format_table(res: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows)
 
-
-def write_json(res: dict, path) -> Path:
-    """Write the result dict as JSON (temp file + rename)."""
-    return atomic_write_text(path, json.dumps(res, indent=2, default=str))

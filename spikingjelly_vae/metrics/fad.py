@@ -24,13 +24,14 @@ import torch
 
 from ..models.autoencoder import AE, build_feature_ae
 from .frechet import frechet_distance, gaussian_stats
-from .resources import MetricUnavailable, default_cache_dir, protocol_key, save_npz_atomic, sha256_file
+from ..data import DATASETS, dataset_spec, resolve_cache_dir
+from ..atomic import sha256_file
+from .resources import MetricUnavailable, protocol_key, save_npz_atomic
 
-__all__ = ["FAD_PROTOCOLS", "OFFICIAL_LATENT", "FADModel", "load_fad_model", "ae_features",
+__all__ = ["FAD_PROTOCOLS", "FADModel", "load_fad_model", "ae_features",
            "fad_test_stats", "compute_fad", "our_ae_paths"]
 
 FAD_PROTOCOLS = ("reference", "standard")
-OFFICIAL_LATENT = {"mnist": 64, "fashion": 64, "cifar10": 128, "celeba": 128}
 FAD_ENV, FAD_OPTION = "SJVAE_FAD", "--fad-dir"
 STATS_BATCH = 256  # the official stats maker's test batch
 STATS_VERSION = 1
@@ -61,15 +62,14 @@ class FADModel:
 
 
 def _dataset_shape(dataset: str) -> tuple[int, int]:
-    from ..data import dataset_info
-    info = dataset_info(dataset)
-    return info["in_channels"], info["image_size"]
+    spec = dataset_spec(dataset)
+    return spec.in_channels, spec.image_size
 
 
 def our_ae_paths(dataset: str, cache_dir=None, latent_dim: int | None = None) -> tuple[Path, Path]:
     """Where `sjvae fad-ae train` writes (and FAD looks for) our AE and its test statistics."""
-    latent = latent_dim or OFFICIAL_LATENT[dataset]
-    folder = default_cache_dir(cache_dir) / "fad_ae"
+    latent = latent_dim or dataset_spec(dataset).fad_latent
+    folder = resolve_cache_dir(cache_dir) / "fad_ae"
     return folder / f"{dataset}_{latent}.pth", folder / f"{dataset}_test_{latent}.npz"
 
 
@@ -94,14 +94,14 @@ def _load_stats(path: Path, latent: int) -> tuple[np.ndarray, np.ndarray]:
     return mu, sigma
 
 
-def load_fad_model(dataset: str, fad_dir=None, cache_dir=None, checkpoint=None, stats=None,
+def load_fad_model(dataset: str, fad_dir=None, cache_dir=None, *, checkpoint=None, stats=None,
                    device="cpu") -> FADModel:
     """The feature AE for `dataset`: an explicit `checkpoint` (+ `stats`), else the official files under
     `fad_dir` (or env SJVAE_FAD), else ours from `sjvae fad-ae train` in the cache folder."""
-    if dataset not in OFFICIAL_LATENT:
+    if dataset not in DATASETS:
         raise ValueError(f"FAD has no feature autoencoder for {dataset!r}; choose one of "
-                         f"{', '.join(OFFICIAL_LATENT)}")
-    latent = OFFICIAL_LATENT[dataset]
+                         f"{', '.join(DATASETS)}")
+    latent = DATASETS[dataset].fad_latent
     if checkpoint is not None:
         ckpt = Path(checkpoint)
         meta_path = ckpt.with_suffix(".json")
@@ -117,7 +117,8 @@ def load_fad_model(dataset: str, fad_dir=None, cache_dir=None, checkpoint=None, 
     root = fad_dir or os.environ.get(FAD_ENV)
     if root:
         root = Path(root).expanduser()
-        ckpt, st = root / "stat_checkpoints" / f"{dataset}_{latent}.pth", root / "stats" / f"{dataset}_test_{latent}.npz"
+        ckpt = root / "stat_checkpoints" / f"{dataset}_{latent}.pth"
+        st = root / "stats" / f"{dataset}_test_{latent}.npz"
         if ckpt.is_file() and st.is_file():
             mu, sigma = _load_stats(st, latent)
             return FADModel(dataset, _load_ae(dataset, ckpt, latent, device), ckpt, st, mu, sigma, "official")
@@ -158,7 +159,7 @@ def ae_features(batches, ae: AE, protocol: str = "reference", device=None) -> np
     return np.concatenate(feats)
 
 
-def fad_test_stats(fad: FADModel, protocol: str, root=None, cache_dir=None, num: int | None = None,
+def fad_test_stats(fad: FADModel, protocol: str, *, root=None, cache_dir=None, num: int | None = None,
                    batch_size: int = STATS_BATCH, split: str = "test") -> dict:
     """Reference statistics of a split for `protocol`.
 
@@ -173,7 +174,7 @@ def fad_test_stats(fad: FADModel, protocol: str, root=None, cache_dir=None, num:
     proto = {"metric": "fad", "version": STATS_VERSION, "dataset": fad.dataset, "split": split,
              "protocol": protocol, "num": "all" if num is None else int(num), "batch_size": batch_size,
              "dataset_size": len(data), "ae_sha256": sha256_file(fad.checkpoint)}
-    path = default_cache_dir(cache_dir) / "fad_stats" / (
+    path = resolve_cache_dir(cache_dir) / "fad_stats" / (
         f"{fad.dataset}_{split}_{protocol}_{proto['num']}_{protocol_key(proto)}.npz")
     if path.is_file():
         with np.load(path) as z:

@@ -19,28 +19,27 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from ..atomic import atomic_write, atomic_write_text
+from ..atomic import atomic_write, sha256_file, write_json
 from ..models.autoencoder import build_feature_ae
-from .fad import OFFICIAL_LATENT, STATS_BATCH, ae_features, our_ae_paths
+from .fad import STATS_BATCH, ae_features, our_ae_paths
 from .frechet import gaussian_stats
-from .resources import save_npz_atomic, sha256_file
+from .resources import save_npz_atomic
 
 __all__ = ["train_feature_ae"]
 
 
-def train_feature_ae(dataset: str, root=None, out_dir=None, cache_dir=None, epochs: int = 150,
+def train_feature_ae(dataset: str, *, root=None, out_dir=None, cache_dir=None, epochs: int = 150,
                      batch_size: int = 250, lr: float = 1e-3, latent_dim: int | None = None,
                      device="cpu", seed: int = 0, limit: int | None = None, overwrite: bool = False,
                      progress: bool = True, log=print) -> dict:
     """Train the feature AE for `dataset`, write checkpoint, statistics and provenance; return the
     provenance dict. `limit` uses only the first `limit` training and test images (for quick checks)."""
-    from ..data import dataset_info, load_dataset
+    from ..data import dataset_spec, load_dataset
     from .sources import dataset_batches
-    if dataset not in OFFICIAL_LATENT:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(OFFICIAL_LATENT)}")
+    spec = dataset_spec(dataset)
     if epochs < 1 or batch_size < 2:
         raise ValueError("epochs must be >= 1 and batch_size >= 2")
-    latent = latent_dim or OFFICIAL_LATENT[dataset]
+    latent = latent_dim or spec.fad_latent
     ckpt_path, stats_path = our_ae_paths(dataset, cache_dir, latent)
     if out_dir is not None:
         ckpt_path, stats_path = Path(out_dir) / ckpt_path.name, Path(out_dir) / stats_path.name
@@ -51,31 +50,17 @@ def train_feature_ae(dataset: str, root=None, out_dir=None, cache_dir=None, epoc
                          "--out to write elsewhere")
     ckpt_path.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    info = dataset_info(dataset)
     train = load_dataset(dataset, "train", root=root, cache_dir=cache_dir, augment=dataset == "celeba")
     test = load_dataset(dataset, "test", root=root, cache_dir=cache_dir, augment=False)
     if limit is not None:
         train, test = Subset(train, range(min(limit, len(train)))), Subset(test, range(min(limit, len(test))))
     g = torch.Generator().manual_seed(seed)
     loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=g, num_workers=0)
-    ae = build_feature_ae(info["in_channels"], latent, info["image_size"]).to(device)
+    ae = build_feature_ae(spec.in_channels, latent, spec.image_size).to(device)
     opt = torch.optim.AdamW(ae.parameters(), lr=lr, betas=(0.9, 0.999))
     best, best_epoch, history, t0 = float("inf"), -1, [], time.time()
     for epoch in range(epochs):
-        ae.train()
-        train_losses = []
-        for x, _ in loader:
-            x = x.to(device)
-            loss = ae.loss(x, ae(x))["loss"]
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            train_losses.append(loss.item())
-        ae.eval()
-        with torch.no_grad():
-            test_losses = [ae.loss(x.to(device), ae(x.to(device)))["loss"].item()
-                           for x in dataset_batches(test, batch_size)]
-        train_loss, test_loss = float(np.mean(train_losses)), float(np.mean(test_losses))
+        train_loss, test_loss = _epoch(ae, opt, loader, dataset_batches(test, batch_size), device)
         history.append({"epoch": epoch, "train_loss": train_loss, "test_loss": test_loss})
         if test_loss < best:
             best, best_epoch = test_loss, epoch
@@ -93,10 +78,28 @@ def train_feature_ae(dataset: str, root=None, out_dir=None, cache_dir=None, epoc
     save_npz_atomic(stats_path, mu=mu, sigma=sigma, count=np.int64(len(feats)),
                     protocol=np.array(json.dumps(proto, sort_keys=True)))
     meta = {"dataset": dataset, "latent_dim": latent, "source": "ours", "comparable_with_paper": False,
-            "recipe": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": "AdamW(0.9, 0.999), wd 0.01",
-                       "loss": "MSE in [-1, 1]", "seed": seed, "limit": limit},
+            "recipe": {"epochs": epochs, "batch_size": batch_size, "lr": lr,
+                       "optimizer": "AdamW(0.9, 0.999), wd 0.01", "loss": "MSE in [-1, 1]", "seed": seed,
+                       "limit": limit},
             "best_epoch": best_epoch, "best_test_loss": best, "history": history,
             "train_images": len(train), "test_images": len(test), "seconds": time.time() - t0,
             "checkpoint": str(ckpt_path), "checkpoint_sha256": proto["ae_sha256"], "stats": str(stats_path)}
-    atomic_write_text(meta_path, json.dumps(meta, indent=2))
+    write_json(meta_path, meta)
     return meta
+
+
+def _epoch(ae, opt, loader, test_batches, device) -> tuple:
+    """One AdamW epoch over `loader`, then the mean test loss (eval mode): (train loss, test loss)."""
+    ae.train()
+    train_losses = []
+    for x, _ in loader:
+        x = x.to(device)
+        loss = ae.loss(x, ae(x))["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        train_losses.append(loss.item())
+    ae.eval()
+    with torch.no_grad():
+        test_losses = [ae.loss(x.to(device), ae(x.to(device)))["loss"].item() for x in test_batches]
+    return float(np.mean(train_losses)), float(np.mean(test_losses))

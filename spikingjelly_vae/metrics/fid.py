@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .frechet import frechet_distance, gaussian_stats
-from .resources import (MetricUnavailable, default_cache_dir, protocol_key, resolve_file,
-                        save_npz_atomic, sha256_file)
+from ..data import resolve_cache_dir
+from ..atomic import sha256_file
+from .resources import MetricUnavailable, protocol_key, resolve_file, save_npz_atomic
 
 __all__ = ["FID_MODES", "INCEPTION_FILE", "to_pixels", "clean_resize", "fast_resize", "FIDInception",
            "load_fid_inception", "inception_features", "fid_reference_stats", "compute_fid"]
@@ -103,7 +104,7 @@ def load_fid_inception(path=None, device="cpu") -> FIDInception:
 
 
 @torch.no_grad()
-def inception_features(batches, inception: FIDInception, mode: str = "clean", num: int | None = None,
+def inception_features(batches, inception: FIDInception, mode: str = "clean", *, num: int | None = None,
                        device=None, chunk: int = 64, progress: bool = False) -> np.ndarray:
     """Pool3 features [M, 2048] (float64) of the images in `batches` ([-1, 1]); the first `num` only."""
     if mode not in FID_MODES:
@@ -142,7 +143,7 @@ def _stats_protocol(dataset, split, mode, num, inception, data_root, size) -> di
             "pipeline": "x[-1,1] -> (x+1)/2*255, grey->RGB, resize 299, (p-128)/128"}
 
 
-def fid_reference_stats(dataset: str, split: str, inception: FIDInception, mode: str = "clean",
+def fid_reference_stats(dataset: str, split: str, inception: FIDInception, mode: str = "clean", *,
                         root=None, cache_dir=None, num: int | None = None, batch_size: int = 128,
                         device=None, progress: bool = False) -> dict:
     """mu, sigma of a dataset split (first `num` images, all by default), cached as npz.
@@ -153,7 +154,7 @@ def fid_reference_stats(dataset: str, split: str, inception: FIDInception, mode:
     from ..data import load_dataset, resolve_data_root
     data = load_dataset(dataset, split, root=root, cache_dir=cache_dir, augment=False)
     protocol = _stats_protocol(dataset, split, mode, num, inception, resolve_data_root(root), len(data))
-    path = default_cache_dir(cache_dir) / "fid_stats" / (
+    path = resolve_cache_dir(cache_dir) / "fid_stats" / (
         f"{dataset}_{split}_{mode}_{protocol['num']}_{protocol_key(protocol)}.npz")
     if path.is_file():
         with np.load(path) as z:
@@ -170,7 +171,7 @@ def fid_reference_stats(dataset: str, split: str, inception: FIDInception, mode:
             "cached": False}
 
 
-def compute_fid(batches, reference: dict, inception: FIDInception, mode: str = "clean",
+def compute_fid(batches, reference: dict, inception: FIDInception, mode: str = "clean", *,
                 num: int | None = 5000, device=None, progress: bool = False) -> dict:
     """FID of the images in `batches` against `reference` ({'mu', 'sigma'}, e.g. fid_reference_stats).
 

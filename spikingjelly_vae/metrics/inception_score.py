@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .resources import MetricUnavailable, resolve_file, sha256_file
+from ..atomic import sha256_file
+from .resources import MetricUnavailable, resolve_file
 
 __all__ = ["IS_PROTOCOLS", "inception_score_from_probs", "load_is_inception", "inception_probs",
            "compute_inception_score", "TORCHVISION_SHA256_PREFIX"]
@@ -97,7 +98,7 @@ def inception_probs(batch: torch.Tensor, net, protocol: str = "reference", devic
     return F.softmax(net(x).double(), dim=1).cpu().numpy()
 
 
-def compute_inception_score(batches, net, protocol: str = "reference", splits: int | None = None,
+def compute_inception_score(batches, net, protocol: str = "reference", *, splits: int | None = None,
                             device=None) -> dict:
     """IS of all images in `batches`; splits default to the number of batches (reference) or 10."""
     probs, nb = [], 0

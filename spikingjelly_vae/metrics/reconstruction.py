@@ -13,13 +13,13 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-__all__ = ["REFERENCE_DROP_LAST", "reconstruction_mse"]
+from ..runtime import eval_mode
 
-REFERENCE_DROP_LAST = {"mnist": False, "fashion": True, "cifar10": True, "celeba": False}
+__all__ = ["reconstruction_mse"]
 
 
 @torch.no_grad()
-def reconstruction_mse(model, dataset, batch_size: int = 512, generator: torch.Generator | None = None,
+def reconstruction_mse(model, dataset, batch_size: int = 512, generator: torch.Generator | None = None, *,
                        device=None, drop_last_reference: bool = False, num: int | None = None) -> dict:
     """MSE of `model`'s reconstructions of `dataset` (items `(image, label)` or image tensors).
 
@@ -28,10 +28,8 @@ def reconstruction_mse(model, dataset, batch_size: int = 512, generator: torch.G
     if num is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(num, len(dataset))))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    was_training = model.training
-    model.eval()
     total, count, batch_means, full_means = 0.0, 0, [], []
-    try:
+    with eval_mode(model):
         for item in loader:
             x = (item[0] if isinstance(item, (list, tuple)) else item).to(device)
             recon = model(x, generator=generator)[0]
@@ -41,8 +39,6 @@ def reconstruction_mse(model, dataset, batch_size: int = 512, generator: torch.G
             batch_means.append(per_image.mean().item())
             if per_image.numel() == batch_size:
                 full_means.append(batch_means[-1])
-    finally:
-        model.train(was_training)
     if count == 0:
         raise ValueError("the dataset is empty")
     ref = full_means if drop_last_reference else batch_means

@@ -1,4 +1,4 @@
-"""Where metric weights and caches live: path resolution, checksums, atomic npz writes.
+"""Where metric weights and caches live: path resolution, atomic npz writes (checksums: ``atomic.sha256_file``).
 
 Nothing is ever downloaded: every weights file comes from an option or an environment variable,
 and a missing one raises `MetricUnavailable` naming both.
@@ -14,15 +14,14 @@ import numpy as np
 
 from ..atomic import atomic_write
 
-__all__ = ["MetricUnavailable", "resolve_file", "sha256_file", "save_npz_atomic", "protocol_key",
-           "default_cache_dir"]
+__all__ = ["MetricUnavailable", "resolve_file", "save_npz_atomic", "protocol_key"]
 
 
 class MetricUnavailable(RuntimeError):
     """A metric cannot be computed here (missing weights or statistics); the message says why."""
 
 
-def resolve_file(value, env: str, option: str, what: str, names=()) -> Path:
+def resolve_file(value, env: str, option: str, what: str, *, names=()) -> Path:
     """The file for `what`: `value`, else env `env`; a folder is searched for `names`.
 
     Raises MetricUnavailable naming `option` and `env` when it is not given or not there.
@@ -42,22 +41,6 @@ def resolve_file(value, env: str, option: str, what: str, names=()) -> Path:
     return path
 
 
-_SHA_CACHE: dict = {}
-
-
-def sha256_file(path) -> str:
-    """Hex sha256 of a file (memoised on path, size and mtime)."""
-    st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
-
-
 def protocol_key(protocol: dict) -> str:
     """A short stable hash of a protocol dict (sorted JSON), used in cache file names."""
     return hashlib.sha256(json.dumps(protocol, sort_keys=True).encode()).hexdigest()[:16]
@@ -67,7 +50,3 @@ def save_npz_atomic(path, **arrays) -> Path:
     """np.savez to a temp file in the same folder, then rename (a crash never leaves half a file)."""
     return atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
 
-
-def default_cache_dir(cache_dir=None) -> Path:
-    """`cache_dir`, else env SJVAE_CACHE, else ~/.cache/spikingjelly_vae (never under the data)."""
-    return Path(cache_dir or os.environ.get("SJVAE_CACHE") or "~/.cache/spikingjelly_vae").expanduser()

@@ -11,6 +11,8 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..runtime import eval_mode
+
 __all__ = ["sample_batches", "dataset_batches", "tensor_batches", "collect"]
 
 
@@ -21,13 +23,9 @@ def sample_batches(model, num: int, batch_size: int, generator: torch.Generator 
     cut short, as in the reference code: 5,000 at batch 128 gives 40 x 128 = 5,120 images)."""
     if num < 1 or batch_size < 1:
         raise ValueError(f"num ({num}) and batch_size ({batch_size}) must be positive")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for _ in range(math.ceil(num / batch_size)):
             yield model.sample(batch_size, generator=generator)
-    finally:
-        model.train(was_training)
 
 
 def dataset_batches(dataset: Dataset, batch_size: int, num: int | None = None,

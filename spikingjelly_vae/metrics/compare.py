@@ -16,14 +16,13 @@ import math
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
-from .atomic import atomic_write_text
+from ..atomic import write_json
+from ..data import DATASETS
 
 __all__ = ["PUBLISHED", "PUBLISHED_SOURCES", "METRIC_COLUMNS", "load_result", "measured_row", "published_rows",
            "build_table", "format_table", "compare"]
 
 METRIC_COLUMNS = (("mse", "Recon. loss"), ("is", "IS"), ("fid", "FID"), ("fad", "FAD"))
-DATASETS = ("mnist", "fashion", "cifar10", "celeba")
-DATASET_LABELS = {"mnist": "MNIST", "fashion": "Fashion MNIST", "cifar10": "CIFAR10", "celeba": "CelebA"}
 MODELS = ("swgan", "sgad", "ann-vae", "fsvae", "taid", "esvae")  # the paper's row order
 MODEL_LABELS = {"swgan": "SWGAN", "sgad": "SGAD", "ann-vae": "ANN", "fsvae": "FSVAE", "taid": "TAID",
                 "esvae": "ESVAE"}
@@ -63,7 +62,6 @@ PUBLISHED: Dict[tuple, tuple] = {
     ("celeba", "taid"): (None, "4.31", "99.54", "105.3"),
     ("celeba", "esvae"): ("0.034", "3.868", "85.33", "51.93"),
 }
-FULL_TEST_SIZE = {"mnist": 10000, "fashion": 10000, "cifar10": 10000, "celeba": 19962}
 
 
 def _json_path(checkpoint: Path, protocol: str) -> Path:
@@ -90,7 +88,8 @@ def load_result(path, protocol: str = "reference", which: str = "best", evaluate
 
     A checkpoint's JSON is ``<checkpoint>.eval-<protocol>.json``; a run folder uses its ``best.pt`` or
     ``last.pt`` (``which``, falling back to the other). Without a JSON, ``evaluate=True`` runs
-    ``metrics.evaluate.evaluate_checkpoint(checkpoint, protocol=protocol, **evaluate_kwargs)`` and writes it;
+    ``metrics.evaluate.evaluate_checkpoint`` with ``protocol`` and ``evaluate_kwargs`` (flat options, split by
+    ``split_eval_kwargs``) and writes it;
     otherwise ValueError says which command to run.
     """
     if which not in ("best", "last"):
@@ -114,9 +113,10 @@ def load_result(path, protocol: str = "reference", which: str = "best", evaluate
     if not evaluate:
         raise ValueError(f"{checkpoint} has no {target.name}; run `sjvae evaluate --checkpoint {checkpoint} "
                          f"--protocol {protocol}` first, or pass --evaluate to compare")
-    from .metrics.evaluate import evaluate_checkpoint, write_json
-    res = evaluate_checkpoint(str(checkpoint), protocol=protocol, **evaluate_kwargs)
-    write_json(res, target)
+    from .evaluate import evaluate_checkpoint, split_eval_kwargs
+    options, sources, rest = split_eval_kwargs(protocol=protocol, **evaluate_kwargs)
+    res = evaluate_checkpoint(str(checkpoint), options, sources, **rest)
+    write_json(target, res)
     return {**res, "_path": str(target)}
 
 
@@ -139,7 +139,7 @@ def measured_row(res: dict) -> dict:
     if "mse" in m:
         values["mse"] = m["mse"].get("mse_batch_mean", m["mse"].get("mse"))
         n = m["mse"].get("num_images")
-        if n is not None and n < FULL_TEST_SIZE.get(dataset, 0):
+        if n is not None and dataset in DATASETS and n < DATASETS[dataset].test_size:
             notes.append(f"recon. loss on {n} test images only")
     if "is" in m:
         values["is"] = m["is"].get("is")
@@ -248,7 +248,7 @@ def format_table(rows: List[dict], fmt: str = "text") -> str:
         label = MODEL_LABELS.get(r["model"], r["model"]) + (" (ours)" if r["kind"] == "measured" else "")
         if marks:
             label += " [" + ",".join(marks) + "]"
-        ds = DATASET_LABELS.get(r["dataset"], r["dataset"])
+        ds = DATASETS[r["dataset"]].label if r["dataset"] in DATASETS else r["dataset"]
         source = "published" if r["kind"] == "published" else f"measured: {r['source']}"
         body.append([ds if ds != last_ds or fmt == "markdown" else "", label,
                      *[_cell(r, k) for k, _ in METRIC_COLUMNS], source])
@@ -269,13 +269,12 @@ def format_table(rows: List[dict], fmt: str = "text") -> str:
     return "\n".join(lines) + "\n\n" + ("\n" if fmt == "text" else "\n\n").join(legend) + "\n"
 
 
-def compare(paths: Iterable, protocol: str = "reference", which: str = "best", evaluate: bool = False,
+def compare(paths: Iterable, protocol: str = "reference", which: str = "best", evaluate: bool = False, *,
             all_published: bool = False, fmt: str = "text", output=None, **evaluate_kwargs) -> dict:
     """Load every path's evaluate result, build and render the table; optionally write the rows as JSON."""
     results = [load_result(p, protocol, which, evaluate, **evaluate_kwargs) for p in paths]
     rows = build_table(results, all_published)
     table = format_table(rows, fmt)
     if output is not None:
-        output = atomic_write_text(output, json.dumps(
-            {"rows": rows, "protocol": protocol, "columns": dict(METRIC_COLUMNS)}, indent=2))
+        output = write_json(output, {"rows": rows, "protocol": protocol, "columns": dict(METRIC_COLUMNS)})
     return {"rows": rows, "table": table, "output": None if output is None else str(output)}

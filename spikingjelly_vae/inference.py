@@ -1,0 +1,109 @@
+"""Using a trained model: generate images, reconstruct a dataset split, summarise a model."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .atomic import atomic_write
+from .checkpoint import checkpoint_dataset, load_model
+from .data import dataset_info, load_dataset, to_unit_range
+from .runtime import eval_mode, resolve_device
+from .train.outputs import save_recon_grid
+
+__all__ = ["sample_to_file", "reconstruct_to_file", "model_summary", "kernel_backend_of"]
+
+
+def _output_path(out, suffixes, force: bool) -> Path:
+    out = Path(out)
+    if out.suffix.lower() not in suffixes:
+        raise ValueError(f"output {str(out)!r} must end in {' or '.join(suffixes)}")
+    if out.exists() and not force:
+        raise ValueError(f"{str(out)!r} exists; pass --force to replace it or choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def sample_to_file(checkpoint, n: int, out, *, seed: int = 0, device: str = "auto", batch_size: int = 256,
+                   nrow: int = 8, force: bool = False) -> dict:
+    """Generate `n` images with `model.sample`; write a PNG grid (`.png`) or the tensor `[n, C, H, W]` in
+    [-1, 1] (`.pt`). Draws come from one generator seeded with `seed`, so a repeat gives the same images."""
+    if n < 1 or batch_size < 1:
+        raise ValueError(f"n and batch_size must be >= 1, got {n}, {batch_size}")
+    out = _output_path(out, (".png", ".pt"), force)
+    dev = resolve_device(device)
+    model, ckpt = load_model(checkpoint, map_location=dev)
+    model.eval()
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    with torch.no_grad():
+        images = torch.cat([model.sample(min(batch_size, n - i), generator=gen).float().cpu()
+                            for i in range(0, n, batch_size)])
+    if out.suffix.lower() == ".pt":
+        atomic_write(out, lambda p: torch.save(images, p))
+    else:
+        from torchvision.utils import save_image
+        atomic_write(out, lambda p: save_image(to_unit_range(images), str(p), nrow=nrow, padding=2, pad_value=1.0))
+    return {"out": str(out), "n": n, "shape": list(images.shape), "model": model.config.get("model"),
+            "epoch": ckpt.get("epoch"), "seed": seed, "device": str(dev)}
+
+
+def reconstruct_to_file(checkpoint, out, *, n: int = 32, dataset: Optional[str] = None, data_root=None,
+                        cache_dir=None, split: str = "test", seed: int = 0, device: str = "auto", nrow: int = 8,
+                        force: bool = False) -> dict:
+    """PNG of the first `n` images of a split (rows of originals) above their reconstructions; also
+    returns their per-image mean MSE."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    out = _output_path(out, (".png",), force)
+    dev = resolve_device(device)
+    model, ckpt = load_model(checkpoint, map_location=dev)
+    dataset = dataset or checkpoint_dataset(ckpt)
+    if dataset is None:
+        raise ValueError(f"{checkpoint} does not say which dataset it was trained on; pass --dataset")
+    info = dataset_info(dataset)
+    want = (model.config.get("in_channels"), model.config.get("image_size"))
+    if want != (info["in_channels"], info["image_size"]):
+        raise ValueError(f"the model of {checkpoint} takes {want[0]}x{want[1]}x{want[1]} images but {dataset} has "
+                         f"{info['in_channels']}x{info['image_size']}x{info['image_size']}; pass the right --dataset")
+    data = load_dataset(dataset, split, data_root, cache_dir, augment=False)
+    x = torch.stack([data[i][0] for i in range(min(n, len(data)))]).to(dev)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    atomic_write(out, lambda p: save_recon_grid(model, x, p, torch.Generator(device=dev).manual_seed(seed), nrow=nrow))
+    with torch.no_grad(), eval_mode(model):
+        mse = (model(x, generator=gen)[0].double() - x.double()).pow(2).flatten(1).mean(1).mean().item()
+    return {"out": str(out), "n": x.shape[0], "dataset": dataset, "split": split, "mse": mse,
+            "epoch": ckpt.get("epoch"), "seed": seed, "device": str(dev)}
+
+
+def kernel_backend_of(config: dict) -> Optional[str]:
+    """The kernel switch of a model config: `kernel_backend`, or `backend` in older configs; None if absent."""
+    return config.get("kernel_backend", config.get("backend"))
+
+
+def model_summary(model, device="cpu", checkpoint: Optional[dict] = None) -> dict:
+    """Parameters (total, trainable, per top-level block), layer types and counts, latent size, T,
+    device and the kernel backend our neurons would use there."""
+    device = torch.device(device)
+    cfg = dict(getattr(model, "config", {}))
+    blocks = {name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()}
+    containers = (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict)
+    layers = Counter(type(m).__name__ for m in list(model.modules())[1:] if not isinstance(m, containers))
+    requested = kernel_backend_of(cfg)
+    try:
+        from .kernels import select_backend
+        chosen = (select_backend(torch.empty(1, device=device), requested) if requested is not None
+                  else "n/a (no spiking layers)")
+    except Exception as err:  # kernels unavailable: report why rather than fail the summary
+        chosen = f"unknown ({type(err).__name__}: {err})"
+    res = {"model": cfg.get("model", type(model).__name__), "class": type(model).__name__, "config": cfg,
+           "parameters": sum(p.numel() for p in model.parameters()),
+           "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+           "blocks": blocks, "layers": dict(sorted(layers.items())), "latent_dim": cfg.get("latent_dim"),
+           "T": cfg.get("T"), "image_shape": [cfg.get("in_channels"), cfg.get("image_size"), cfg.get("image_size")],
+           "device": str(device), "kernel_backend": {"requested": requested, "on_this_device": chosen}}
+    if checkpoint is not None:
+        res["checkpoint"] = {k: checkpoint.get(k) for k in ("epoch", "step", "dataset", "version", "best_test_loss")}
+        res["checkpoint"]["metrics"] = checkpoint.get("metrics")
+    return res

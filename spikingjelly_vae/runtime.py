@@ -1,0 +1,51 @@
+"""Where and how a model runs: device choice, derived seeds, eval mode for a block of code."""
+from __future__ import annotations
+
+import hashlib
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+import torch
+
+__all__ = ["DEVICE_HELP", "resolve_device", "derived_seed", "eval_mode"]
+
+DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda or cuda:N."
+
+
+def resolve_device(device: Optional[str] = "auto", local_rank: int = 0) -> torch.device:
+    """The device to run on. The default, ``auto`` (or None), is ``cuda:<local_rank>`` when CUDA is
+    available, else ``cpu``; ``cuda`` without an index means ``cuda:<local_rank>``; a named CUDA
+    device must exist. ValueError (saying what to pass) otherwise."""
+    if device in (None, "auto"):
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for but CUDA is not available here; use --device cpu")
+        if dev.index is None:
+            dev = torch.device(f"cuda:{local_rank}")
+    elif dev.type != "cpu":
+        raise ValueError(f"unsupported device {device!r}; use auto, cpu or cuda")
+    return dev
+
+
+def derived_seed(seed: int, *parts) -> int:
+    """A 63-bit seed from a run seed and named parts (epoch, rank, stream, batch index, ...):
+    the first 8 bytes (little-endian) of sha256 of ``"seed:part1:part2..."``."""
+    digest = hashlib.sha256(":".join(str(p) for p in (seed, *parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``with eval_mode(model):`` runs the block in eval mode and restores the model's train/eval mode
+    afterwards, also when the block raises."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

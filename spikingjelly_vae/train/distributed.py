@@ -1,0 +1,61 @@
+"""PyTorch DDP plumbing of the training loop: joining the process group under `torchrun`, running a
+step on rank 0 only, and summing small tensors over ranks (one process: all of these are no-ops)."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["dist_setup", "on_rank0", "all_sum", "barrier"]
+
+
+def dist_setup():
+    """(rank, world_size, local_rank, initialised_here); joins the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0, False
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    here = False
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend)
+        here = True
+    return dist.get_rank(), dist.get_world_size(), local_rank, here
+
+
+def on_rank0(world: int, rank: int, fn):
+    """Run `fn` on rank 0 only and give every rank its result; a ValueError there is raised on all ranks."""
+    result, error = None, None
+    if rank == 0:
+        try:
+            result = fn()
+        except ValueError as err:
+            error = err
+    if world > 1:
+        box = [result, None if error is None else (type(error), str(error))]
+        dist.broadcast_object_list(box, src=0)
+        result = box[0]
+        if box[1] is not None and error is None:
+            error = box[1][0](box[1][1])
+    if error is not None:
+        raise error
+    return result
+
+
+def all_sum(values: torch.Tensor, world: int) -> torch.Tensor:
+    """Sum a small CPU tensor over ranks (through the current GPU when the backend is NCCL)."""
+    if world > 1:
+        nccl = dist.get_backend() == "nccl"
+        t = values.to(torch.device("cuda", torch.cuda.current_device())) if nccl else values
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        values = t.cpu()
+    return values
+
+
+def barrier(world: int) -> None:
+    """Wait for every rank (one process: nothing to wait for)."""
+    if world > 1:
+        dist.barrier()

@@ -1,0 +1,227 @@
+"""The training loop: one process, or PyTorch DDP under `torchrun` (one process per GPU, or gloo on CPU).
+
+`fit(TrainConfig(...))` trains any registered model through the interface of docs/architecture.md:
+`out = model(x, generator=g)`, `terms = model.loss(x, out)`, `terms["loss"].backward()`,
+`model.param_groups(lr)`, `model.sample(n)`, `model.config`; plus two optional hooks,
+`model.set_epoch(epoch, max_epochs)` (called at each epoch start) and
+`model.set_num_train_batches(n)` (called once with len(train_loader)). What a run writes: `outputs.py`.
+
+Reproducibility: every random stream is re-seeded at the start of each epoch from (seed, epoch, rank):
+the global torch RNG (model init, augmentation in the loading process), the DataLoader generator
+(shuffling, worker seeds) and the generator handed to the model (Poisson / Gaussian latent draws).
+A run resumed from the checkpoint of epoch k therefore reproduces an uninterrupted run exactly
+(on the same device and software). Resuming continues at the epoch after the last checkpoint.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+
+from ..runtime import derived_seed, eval_mode, resolve_device
+from .config import TrainConfig
+from .distributed import all_sum, barrier, dist_setup, on_rank0
+from .outputs import grid_due, prepare_out, write_epoch, write_grids
+from .state import Run, setup_run
+
+__all__ = ["NonFiniteLossError", "fit", "train_step", "evaluate_loader"]
+
+
+class NonFiniteLossError(ValueError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def fit(config: TrainConfig, on_epoch_end: Optional[Callable[[int, dict], Optional[bool]]] = None) -> dict:
+    """Train (or resume) a run; returns a results dict (same on every rank).
+
+    `on_epoch_end(epoch, metrics)` is called on every rank after the epoch's checkpoint, log row and
+    grids are written; when it returns True (on any rank), training stops cleanly after that epoch.
+    Raises ValueError (or CheckpointError, NonFiniteLossError, both ValueErrors) for bad input.
+    """
+    rank, world, local_rank, own_group = dist_setup()
+    try:
+        return _fit(config, rank, world, local_rank, on_epoch_end)
+    finally:
+        if own_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _fit(config: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_end) -> dict:
+    t_start = time.time()
+    cfg = config.resolved()
+    device = resolve_device(cfg.device, local_rank)
+    if cfg.amp != "off" and device.type != "cuda":
+        raise ValueError(f"--amp {cfg.amp} needs a CUDA device (got {device}); use --amp off on CPU")
+    cfg.out = on_rank0(world, rank, lambda: str(prepare_out(cfg)))
+    run = setup_run(cfg, Path(cfg.out), device, rank=rank, world=world)
+    metrics = {}
+    try:
+        for epoch in range(run.start_epoch, cfg.epochs):
+            if run.steps_done():
+                break
+            metrics = _epoch(run, epoch)
+            stop = bool(on_epoch_end(epoch + 1, metrics)) if on_epoch_end is not None else False
+            if all_sum(torch.tensor([float(stop)]), world).item() > 0:
+                break
+    finally:
+        if run.writer is not None:
+            run.writer.close()
+    return _results(run, metrics, t_start)
+
+
+def _epoch(run: Run, epoch: int) -> dict:
+    """Train one epoch, evaluate, write the epoch's files (rank 0); returns the epoch's metrics."""
+    cfg, rank = run.cfg, run.rank
+    # re-seed every stream from (seed, epoch, rank): exact resume at epoch boundaries
+    torch.manual_seed(derived_seed(cfg.seed, epoch, rank, "torch"))
+    run.loaders.generator.manual_seed(derived_seed(cfg.seed, epoch, rank, "loader"))
+    model_gen = torch.Generator(device=run.device).manual_seed(derived_seed(cfg.seed, epoch, rank, "model"))
+    if run.world > 1:
+        run.loaders.sampler.set_epoch(epoch)
+    if hasattr(run.model, "set_epoch"):
+        run.model.set_epoch(epoch, cfg.epochs)
+    run.model.train()
+    t0 = time.time()
+    train = _train_epoch(run, epoch, model_gen)
+    epoch_seconds = time.time() - t0
+    test_gen = torch.Generator(device=run.device).manual_seed(derived_seed(cfg.seed, epoch, rank, "test"))
+    test = _reduce(evaluate_loader(run.model, run.loaders.test, run.device, test_gen, amp=cfg.amp), run.world)
+    run.train_images += int(train["count"])
+    run.train_seconds += epoch_seconds
+    metrics = {"epoch": epoch + 1, "step": run.step,
+               **{f"train_{k}": v / train["count"] for k, v in train.items() if k != "count"},
+               **{f"test_{k}": v / test["count"] for k, v in test.items() if k != "count"},
+               "test_images": int(test["count"]), "lr": run.optimizer.param_groups[0]["lr"],
+               "images_per_s": train["count"] / epoch_seconds, "epoch_seconds": epoch_seconds}
+    if not math.isfinite(metrics["test_loss"]):
+        raise NonFiniteLossError(f"the test loss became {metrics['test_loss']} after epoch {epoch + 1}; "
+                                 f"stopped, {run.out / 'last.pt'} is left at epoch {epoch}")
+    if run.is_main:
+        _write_epoch_outputs(run, epoch, metrics)
+    barrier(run.world)
+    return metrics
+
+
+def _write_epoch_outputs(run: Run, epoch: int, metrics: dict) -> None:
+    """Checkpoints, log row and (when due) the image grids of epoch `epoch` (0-based), on rank 0."""
+    state = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "epoch": epoch + 1,
+             "step": run.step, "config": run.model_config, "train_config": run.cfg.to_dict(),
+             "dataset": run.cfg.dataset, "metrics": metrics,
+             "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None, "world_size": run.world}
+    run.best = write_epoch(run.out, run.cfg, state, best=run.best, csv_log=run.csv_log, writer=run.writer)
+    if grid_due(run.cfg, epoch + 1, epoch + 1 == run.cfg.epochs or run.steps_done()):
+        g = torch.Generator(device=run.device).manual_seed(derived_seed(run.cfg.seed, "grid"))
+        run.grids += write_grids(run.out, run.model, run.grid_images.to(run.device), n_samples=run.cfg.grid_images,
+                                 epoch=epoch + 1, generator=g)
+
+
+def _train_epoch(run: Run, epoch: int, model_gen: torch.Generator) -> dict:
+    """The optimizer steps of one epoch; returns the image count and the batch-size-weighted sums of the
+    loss terms, summed over ranks."""
+    from tqdm.auto import tqdm
+    cfg, loader = run.cfg, run.loaders.train
+    total = len(loader) if cfg.max_steps is None else min(len(loader), cfg.max_steps - run.step)
+    show = run.is_main and cfg.progress
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, total=total,
+               dynamic_ncols=True, leave=True)
+    sums, seen, t0 = {"count": 0.0}, 0, time.time()
+    for x, _ in bar:
+        x = x.to(run.device, non_blocking=True)
+        terms, loss_value = train_step(run.net, run.model, run.optimizer, run.scaler, x, generator=model_gen,
+                                       amp=cfg.amp, world=run.world)
+        if terms is None:
+            kept = (f"the last good checkpoint is {run.out / 'last.pt'} (epoch {epoch})" if epoch
+                    else "no checkpoint was written yet")
+            raise NonFiniteLossError(
+                f"the training loss became {loss_value:.4g} at epoch {epoch + 1}, step {run.step + 1}; stopped, "
+                f"{kept}. Lower --lr, use --amp off or check the data, then rerun (--resume continues)")
+        n = x.shape[0]
+        seen += n
+        run.step += 1
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + value.double() * n
+        if show:
+            bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{seen * run.world / (time.time() - t0):.0f}",
+                            refresh=False)
+        if run.steps_done():
+            break
+    bar.close()
+    sums["count"] = float(seen)
+    return _reduce(sums, run.world)
+
+
+def _reduce(sums: dict, world: int) -> dict:
+    """Sum `{"count": n, key: value}` over ranks (keys in sorted order on every rank) -> floats."""
+    keys = ["count"] + sorted(k for k in sums if k != "count")
+    total = all_sum(torch.tensor([float(sums.get(k, 0.0)) for k in keys], dtype=torch.float64), world)
+    return {k: float(v) for k, v in zip(keys, total)}
+
+
+def _results(run: Run, metrics: dict, t_start: float) -> dict:
+    """The results dict of fit (the same on every rank)."""
+    best = on_rank0(run.world, run.rank, lambda: run.best) if run.world > 1 else run.best
+    if not metrics and run.ckpt is not None:  # resumed a run that was already finished
+        metrics = dict(run.ckpt.get("metrics") or {})
+    out = run.out
+    return {"out": str(out), "device": str(run.device), "world_size": run.world, "model_config": run.model_config,
+            "start_epoch": run.start_epoch, "grids": run.grids, "files": {
+                "last": str(out / "last.pt"), "best": str(out / "best.pt"), "log": str(out / "log.csv"),
+                "config": str(out / "train_config.json")},
+            "epochs": int(metrics.get("epoch", run.start_epoch)), "steps": run.step, "metrics": metrics,
+            "best_test_loss": best, "seconds": time.time() - t_start,
+            "train_images_per_s": run.train_images / run.train_seconds if run.train_seconds else None}
+
+
+def autocast(device: torch.device, amp: str):
+    """Mixed precision context of `amp` (off | bf16 | fp16; the last two on CUDA)."""
+    if amp == "off":
+        return torch.autocast(device_type=device.type, enabled=False)
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+@torch.no_grad()
+def evaluate_loader(model, loader, device, generator=None, *, amp: str = "off") -> dict:
+    """Sums over a loader in eval mode: batch-size-weighted loss terms and per-image MSE.
+
+    Returns `{"count": n, "<term>": sum_batches n_b * term_b, "mse": sum_i mean_pixels (x_hat_i - x_i)^2}`;
+    divide by `count` for means (the reported test MSE is the per-image mean).
+    """
+    sums: dict = {}
+    with eval_mode(model):
+        for x, _ in loader:
+            x = x.to(device, non_blocking=True)
+            with autocast(device, amp):
+                out = model(x, generator=generator)
+                terms = model.loss(x, out)
+            n = x.shape[0]
+            sums["count"] = sums.get("count", 0.0) + n
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + float(value) * n
+            per_image = (out[0].double() - x.double()).pow(2).flatten(1).mean(1)
+            sums["mse"] = sums.get("mse", 0.0) + per_image.sum().item()
+    return sums
+
+
+def train_step(net, model, optimizer, scaler, x, *, generator=None, amp: str = "off", world: int = 1):
+    """One optimizer step: out = net(x, generator), terms = model.loss(x, out), backward, AdamW update.
+
+    `net` is `model` or its DDP wrapper. Returns `(detached terms, loss value)`; when the loss is not
+    finite on any rank, returns `(None, loss value)` and leaves the weights untouched.
+    """
+    with autocast(x.device, amp):
+        out = net(x, generator=generator)
+        terms = model.loss(x, out)
+    loss = terms["loss"]
+    loss_value = loss.detach().item()  # one device sync per step, for this check and the progress bar
+    bad = torch.tensor([0.0 if math.isfinite(loss_value) else 1.0])
+    if all_sum(bad, world).item() > 0:
+        return None, loss_value
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return {k: v.detach() for k, v in terms.items()}, loss_value

@@ -1,0 +1,151 @@
+"""The state of a training run, built from a resolved TrainConfig: data, model (fresh, or from the
+run's last.pt), optimizer, data loaders, the DDP wrapper and the open log files."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
+
+from ..checkpoint import load_model
+from ..data import load_dataset
+from .config import TrainConfig, build_from_config
+from .outputs import CsvLog, open_tensorboard, write_train_config
+
+__all__ = ["Loaders", "Run", "load_data", "make_loaders", "setup_run"]
+
+
+@dataclass
+class Loaders:
+    """The train and test DataLoaders, the train sampler and the generator that seeds them."""
+
+    train: DataLoader
+    test: DataLoader
+    sampler: Any
+    generator: torch.Generator
+
+
+@dataclass
+class Run:
+    """Everything one process of a run holds while it trains."""
+
+    cfg: TrainConfig
+    out: Path
+    device: torch.device
+    rank: int
+    world: int
+    model: torch.nn.Module
+    model_config: dict
+    ckpt: Optional[dict]
+    optimizer: Any = None
+    scaler: Any = None
+    loaders: Optional[Loaders] = None
+    net: Any = None                         # the model or its DDP wrapper
+    grid_images: Optional[torch.Tensor] = None
+    start_epoch: int = 0
+    step: int = 0
+    best: float = math.inf
+    csv_log: Optional[CsvLog] = None
+    writer: Any = None
+    grids: list = field(default_factory=list)
+    train_images: int = 0
+    train_seconds: float = 0.0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def steps_done(self) -> bool:
+        return self.cfg.max_steps is not None and self.step >= self.cfg.max_steps
+
+
+def load_data(cfg: TrainConfig, rank: int, world: int):
+    """(train set, this rank's test shard, the grid images) with the run's subsets applied."""
+    train_set = load_dataset(cfg.dataset, "train", cfg.data_root, cfg.cache_dir)
+    test_set = load_dataset(cfg.dataset, "test", cfg.data_root, cfg.cache_dir, augment=False)
+    if cfg.train_subset is not None and cfg.train_subset < len(train_set):
+        perm = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed))
+        train_set = Subset(train_set, perm[:cfg.train_subset].tolist())
+    if cfg.test_subset is not None and cfg.test_subset < len(test_set):
+        test_set = Subset(test_set, range(cfg.test_subset))
+    grid_images = torch.stack([test_set[i][0] for i in range(min(cfg.grid_images, len(test_set)))])
+    test_shard = Subset(test_set, range(rank, len(test_set), world))
+    if len(train_set) < cfg.batch_size * world and cfg.drop_last:
+        raise ValueError(f"only {len(train_set)} training images for batch {cfg.batch_size} x {world} "
+                         "processes with drop_last; lower --batch-size or use more images")
+    return train_set, test_shard, grid_images
+
+
+def make_loaders(cfg: TrainConfig, train_set, test_set, device: torch.device, *, rank: int, world: int) -> Loaders:
+    """Shuffled train loader (a DistributedSampler under DDP) and the in-order test loader."""
+    workers = cfg.num_workers if cfg.num_workers is not None else (4 if device.type == "cuda" else 0)
+    generator = torch.Generator()
+    if world > 1:
+        sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.seed, drop_last=cfg.drop_last)
+    else:
+        sampler = RandomSampler(train_set, generator=generator)
+    pin = device.type == "cuda"
+    train = DataLoader(train_set, cfg.batch_size, sampler=sampler, num_workers=workers,
+                       drop_last=cfg.drop_last, generator=generator, pin_memory=pin)
+    test = DataLoader(test_set, cfg.test_batch_size, shuffle=False, num_workers=workers, pin_memory=pin)
+    return Loaders(train, test, sampler, generator)
+
+
+def _model(cfg: TrainConfig, out: Path):
+    """(model, model config, checkpoint or None): fresh from the seed, or the run's last.pt on resume."""
+    if not cfg.resume:
+        torch.manual_seed(cfg.seed)
+        model_config, model = build_from_config(cfg)
+        return model, model_config, None
+    model, ckpt = load_model(out / "last.pt", map_location="cpu")  # CheckpointError if unusable
+    saved = ckpt.get("train_config") or {}
+    if (saved.get("dataset"), saved.get("model")) != (cfg.dataset, cfg.model):
+        raise ValueError(f"{out / 'last.pt'} is a {saved.get('model')}/{saved.get('dataset')} run; "
+                         f"cannot resume it as {cfg.model}/{cfg.dataset}")
+    return model, dict(ckpt["config"]), ckpt
+
+
+def _optimizer(run: Run) -> None:
+    """AdamW over model.param_groups and the fp16 gradient scaler; on resume their state, epoch and step."""
+    cfg = run.cfg
+    group_kwargs = {}
+    if cfg.bottleneck_lr_mult is not None:
+        group_kwargs["bottleneck_lr_mult"] = cfg.bottleneck_lr_mult
+    try:
+        groups = run.model.param_groups(cfg.lr, **group_kwargs)
+    except TypeError:
+        raise ValueError(f"model {cfg.model!r} has no bottleneck learning rate; drop --bottleneck-lr-mult") from None
+    run.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    run.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
+    if run.ckpt is not None:
+        run.optimizer.load_state_dict(run.ckpt["optimizer"])
+        if run.ckpt.get("scaler"):
+            run.scaler.load_state_dict(run.ckpt["scaler"])
+        run.start_epoch, run.step = int(run.ckpt["epoch"]), int(run.ckpt.get("step", 0))
+        run.best = float(run.ckpt.get("best_test_loss", math.inf))
+
+
+def setup_run(cfg: TrainConfig, out: Path, device: torch.device, *, rank: int, world: int) -> Run:
+    """Data, model, optimizer, loaders, DDP wrapper and (rank 0) train_config.json and the open logs."""
+    train_set, test_shard, grid_images = load_data(cfg, rank, world)
+    model, model_config, ckpt = _model(cfg, out)
+    model.to(device)
+    run = Run(cfg, out, device, rank, world, model, model_config, ckpt, grid_images=grid_images)
+    _optimizer(run)
+    run.loaders = make_loaders(cfg, train_set, test_shard, device, rank=rank, world=world)
+    if hasattr(model, "set_num_train_batches"):
+        model.set_num_train_batches(len(run.loaders.train))
+        run.model_config = dict(model.config)
+    run.net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        run.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                          find_unused_parameters=cfg.find_unused_parameters)
+    if run.is_main:
+        write_train_config(out, cfg, run.model_config, world)
+        run.csv_log = CsvLog(out / "log.csv", keep_through_epoch=run.start_epoch if cfg.resume else None)
+        run.writer = open_tensorboard(out, cfg.tensorboard)
+    return run
