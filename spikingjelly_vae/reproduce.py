@@ -26,7 +26,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, write_json
 from .presets import get_preset
 
 __all__ = ["REPRODUCE_MODELS", "STATE_FILE", "EVAL_FILE", "reproduce", "model_status", "should_stop",
@@ -85,7 +85,7 @@ def _cupy_dist() -> str:
 
 
 def _device_info(device: str) -> dict:
-    from .train import resolve_device
+    from .runtime import resolve_device
     dev = resolve_device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or "cpu")
     return {"device": str(dev), "device_name": name, "threads": torch.get_num_threads()}
@@ -221,17 +221,17 @@ def _train_model(run_dir: Path, state: dict, budget: _Budget, *, machinery: dict
 # ------------------------------------------------------------------------------------- evaluation
 def _evaluate(run_dir: Path, state: dict, *, dataset: str, options: dict, log) -> dict:
     """Table I metrics of last.pt (reference protocols), written beside it as EVAL_FILE."""
-    from .metrics.evaluate import evaluate_checkpoint, write_json
-    kwargs = {"metrics": ("mse", "fid", "is", "fad"), "protocol": "reference", "fid_mode": "clean",
-              "num_samples": 5000, **options["eval"]}
-    log(f"{state['model']}: evaluating {run_dir / 'last.pt'} ({', '.join(kwargs['metrics'])})")
-    res = evaluate_checkpoint(str(run_dir / "last.pt"), dataset=dataset, data_root=options["data_root"],
-                              inception_weights=options["inception_weights"],
-                              is_weights=options["is_weights"],
-                              fad_dir=options["fad_dir"], cache_dir=options["cache_dir"],
-                              seed=options["seed"],
-                              device=options["device"], log=log, **kwargs)
-    write_json(res, run_dir / EVAL_FILE)
+    from .metrics.evaluate import EvalOptions, EvalSources, evaluate_checkpoint
+    eval_opts = EvalOptions(**{"metrics": ("mse", "fid", "is", "fad"), "protocol": "reference",
+                               "fid_mode": "clean", "num_samples": 5000, "seed": options["seed"],
+                               **options["eval"]})
+    sources = EvalSources(data_root=options["data_root"], cache_dir=options["cache_dir"],
+                          inception_weights=options["inception_weights"], is_weights=options["is_weights"],
+                          fad_dir=options["fad_dir"])
+    log(f"{state['model']}: evaluating {run_dir / 'last.pt'} ({', '.join(eval_opts.metrics)})")
+    res = evaluate_checkpoint(str(run_dir / "last.pt"), eval_opts, sources, dataset=dataset,
+                              device=options["device"], log=log)
+    write_json(run_dir / EVAL_FILE, res)
     return res
 
 
@@ -288,7 +288,7 @@ def _provenance(folder: Path, models: Iterable[str], options: dict) -> dict:
 
 def write_table(folder, *, models: Iterable[str], options: dict) -> dict:
     """table1.json and table1.md of one dataset folder from its models' evaluations (`compare`)."""
-    from .compare import build_table, format_table, load_result
+    from .metrics.compare import build_table, format_table, load_result
     folder = Path(folder)
     dataset = folder.name
     results, progress = [], {}

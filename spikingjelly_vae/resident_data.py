@@ -51,7 +51,7 @@ def fits_on_device(name: str, device, *, headroom: float = 4.0) -> bool:
     if device.type != "cuda":
         return device.type == "cpu"
     info = DATASETS[name]
-    nbytes = RESIDENT_DATASETS[name] * info["in_channels"] * info["image_size"] ** 2
+    nbytes = RESIDENT_DATASETS[name] * info.in_channels * info.image_size ** 2
     free, _ = torch.cuda.mem_get_info(device)
     return nbytes * headroom <= free
 
@@ -73,7 +73,7 @@ class ResidentDataset:
             raise ValueError("images must be uint8 [N, C, H, W] and labels [N] on the same device")
         self.images, self.labels = images, labels.to(images.device)
         self.name, self.split = name, split
-        self.flip = split == "train" and DATASETS[name]["flip"]
+        self.flip = split == "train" and DATASETS[name].flip
         self.lut = signed_lut(images.device)
 
     @classmethod
@@ -228,7 +228,7 @@ def _read_cache(path: Path, name: str, split: str, key: str):
     if not path.is_file():
         return None
     info = DATASETS[name]
-    shape = (info["in_channels"], info["image_size"], info["image_size"])
+    shape = (info.in_channels, info.image_size, info.image_size)
     try:
         entry = torch.load(path, map_location="cpu", weights_only=True)
         images, labels = entry["images"], entry["labels"]

@@ -23,7 +23,7 @@ def _seed(seed, *parts):  # any per-epoch seed works; this one mimics train.py's
 
 def _synthetic(n=103, name="cifar10", split="train"):
     g = torch.Generator().manual_seed(n)
-    c = data.DATASETS[name]["in_channels"]
+    c = data.DATASETS[name].in_channels
     images = torch.randint(0, 256, (n, c, 4, 4), generator=g, dtype=torch.uint8)
     return ResidentDataset(images, torch.arange(n) % 10, name=name, split=split)
 
