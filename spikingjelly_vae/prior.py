@@ -24,7 +24,7 @@ import torch
 from . import __version__
 from .atomic import atomic_write
 
-__all__ = ["PriorError", "RatePrior", "LearnedPrior", "GaussianMixturePrior", "GMMFit", "fit_gmm",
+__all__ = ["PriorError", "RatePrior", "LearnedPrior", "GaussianMixturePrior", "GMMFit", "fit_gmm", "fit_rate_mixture",
            "posterior_rates", "fit_gmm_prior", "load_prior", "default_prior_path", "sample_images",
            "prior_batches"]
 
@@ -302,36 +302,47 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def fit_gmm_prior(model, images_or_loader, *, components: int = 10, covariance: str = "full",
-                  max_images: Optional[int] = None, seed: int = 0, device=None, checkpoint=None,
-                  eps: Optional[float] = None, reg_covar: float = 1e-4, max_iter: int = 200,
-                  tol: float = 1e-4, init: str = "kmeans++", batch_size: int = 256) -> GaussianMixturePrior:
-    """Fit the ex-post GMM prior to the posterior rates of ``images_or_loader`` (the training images).
+def fit_rate_mixture(rates: torch.Tensor, *, components: int = 10, covariance: str = "full", seed: int = 0,
+                     eps: float = 1e-4, checkpoint=None, reg_covar: float = 1e-4, max_iter: int = 200,
+                     tol: float = 1e-4, init: str = "kmeans++") -> GaussianMixturePrior:
+    """GMM prior of posterior rates [N, L]: EM on logit(clamp(rates, eps, 1 - eps)) on the rates' device.
 
-    Rates are clamped to [eps, 1 - eps] (default eps = 1 / (2T), half a rate step) and mapped to logits;
-    EM runs on ``device`` (default: the model's). ``checkpoint`` (the model's file) goes into the
-    provenance with its sha256."""
-    t0 = time.perf_counter()
-    rates = posterior_rates(model, images_or_loader, max_images=max_images, batch_size=batch_size,
-                            device=device)
-    encode_s = time.perf_counter() - t0
-    eps = 0.5 / model.T if eps is None else float(eps)
+    ``checkpoint`` (the model's file) goes into the provenance with its sha256."""
     if not 0 < eps < 0.5:
         raise PriorError(f"eps must lie in (0, 0.5), got {eps}")
-    y = torch.logit(rates.clamp(eps, 1 - eps))
-    t1 = time.perf_counter()
+    y = torch.logit(rates.to(torch.float64).clamp(eps, 1 - eps))
+    t0 = time.perf_counter()
     fit = fit_gmm(y, components=components, covariance=covariance, seed=seed, max_iter=max_iter, tol=tol,
                   reg_covar=reg_covar, init=init)
-    fit_s = time.perf_counter() - t1
+    fit_s = time.perf_counter() - t0
     prov = {"checkpoint": str(Path(checkpoint).resolve()) if checkpoint else "",
             "checkpoint_sha256": _sha256(Path(checkpoint)) if checkpoint else "",
             "components": int(components), "covariance": covariance, "images": int(rates.shape[0]),
             "seed": int(seed), "init": init, "reg_covar": float(reg_covar), "tol": float(tol),
             "iterations": int(fit.iterations), "converged": bool(fit.converged),
-            "log_likelihood": float(fit.log_likelihood), "encode_seconds": float(encode_s),
-            "fit_seconds": float(fit_s), "package_version": __version__, "torch_version": str(torch.__version__)}
+            "log_likelihood": float(fit.log_likelihood), "fit_seconds": float(fit_s),
+            "package_version": __version__, "torch_version": str(torch.__version__)}
     return GaussianMixturePrior(fit.weights.cpu(), fit.means.cpu(), fit.covariances.cpu(),
                                 covariance=covariance, eps=eps, provenance=prov)
+
+
+def fit_gmm_prior(model, images_or_loader, *, components: int = 10, covariance: str = "full",
+                  max_images: Optional[int] = None, seed: int = 0, device=None, checkpoint=None,
+                  eps: float = 1e-4, batch_size: int = 256, **em) -> GaussianMixturePrior:
+    """Fit the ex-post GMM prior to the posterior rates of ``images_or_loader`` (the training images).
+
+    The first ``max_images`` images are encoded on ``device`` (default: the model's), rates clamped to
+    [eps, 1 - eps] and fitted in logit space by ``fit_rate_mixture`` (``em``: reg_covar, max_iter, tol,
+    init). Posterior rates are multiples of 1/T, most of them exactly 0 or 1; eps must be small against
+    1/T, since a sampled rate eps still fires T * eps spikes on average (docs/prior.md)."""
+    t0 = time.perf_counter()
+    rates = posterior_rates(model, images_or_loader, max_images=max_images, batch_size=batch_size,
+                            device=device)
+    encode_s = time.perf_counter() - t0
+    prior = fit_rate_mixture(rates, components=components, covariance=covariance, seed=seed,
+                             eps=float(eps), checkpoint=checkpoint, **em)
+    prior.provenance["encode_seconds"] = float(encode_s)
+    return prior
 
 
 def default_prior_path(checkpoint, components: int, covariance: str) -> Path:

@@ -104,7 +104,7 @@ def test_fit_gmm_prior_rates_in_open_unit_interval(tiny, covariance, tmp_path):
     p = prior.provenance
     assert p["images"] == 40 and p["components"] == 3 and p["covariance"] == covariance
     assert len(p["checkpoint_sha256"]) == 64 and p["fit_seconds"] >= 0 and math.isfinite(p["log_likelihood"])
-    assert prior.eps == 0.5 / model.T and prior.name == f"gmm-k3-{covariance}"
+    assert prior.eps == 1e-4 and prior.name == f"gmm-k3-{covariance}"
 
 
 def test_posterior_rates_are_the_encoder_rates(tiny):
