@@ -51,6 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only-throughput", action="store_true")
+    p.add_argument("--eps-sweep", default="", help="e.g. 0.03125,0.01,0.001,0.0001: only rate-level "
+                   "statistics of K=10 mixtures per eps (no decoder, no FID/FAD), written to --out")
     return p.parse_args(argv)
 
 
@@ -94,6 +96,40 @@ def score(name, prior, model, ctx, args, rates_test):
             "sample_seconds": t1 - t0, "fad_seconds": t2 - t1, "fid_seconds": t3 - t2, "grid": str(png)}
 
 
+def rate_stats(rates, rates_test, T) -> dict:
+    """How close prior rates are to test posterior rates: MMD, and P(no spike) / P(all T spikes) per unit."""
+    return {"mmd_vs_test_posterior": float(rbf_mmd(rates.double(), rates_test.double()).detach()),
+            "p_no_spike": float(((1 - rates) ** T).mean()), "p_all_spikes": float((rates ** T).mean())}
+
+
+def eps_sweep(args, model, record):
+    """Rate-level statistics of K=10 full/diag mixtures fitted with each eps of --eps-sweep."""
+    rates_train, rates_test = _rates(args, model, record)
+    gen = lambda: torch.Generator().manual_seed(args.seed + 1)  # noqa: E731
+    n, T = len(rates_test), model.T
+    record["rows"] = [{"prior": "train posterior (noise floor)", **rate_stats(rates_train[:n], rates_test, T)},
+                      {"prior": "learned", **rate_stats(LearnedPrior(model).sample_rates(n, generator=gen()),
+                                                        rates_test, T)}]
+    for eps in map(float, args.eps_sweep.split(",")):
+        for cov in args.covariances.split(","):
+            p = fit_rate_mixture(rates_train, components=10, covariance=cov, seed=args.seed, eps=eps)
+            record["rows"].append({"prior": p.name, "eps": eps, "fit_seconds": p.provenance["fit_seconds"],
+                                   "iterations": p.provenance["iterations"],
+                                   **rate_stats(p.sample_rates(n, generator=gen()), rates_test, T)})
+            print(json.dumps(record["rows"][-1]), flush=True)
+    write(args.out, record)
+
+
+def _rates(args, model, record):
+    t = time.perf_counter()
+    train = load_dataset("mnist", "train", root=args.data_root, augment=False)
+    test = load_dataset("mnist", "test", root=args.data_root, augment=False)
+    rates_train = posterior_rates(model, train, max_images=args.fit_images)
+    rates_test = posterior_rates(model, test, max_images=args.mmd_num).float()
+    record["encode_seconds"] = time.perf_counter() - t
+    return rates_train, rates_test
+
+
 def write(out, record):
     record["load_average_now"] = list(os.getloadavg())
     atomic_write_text(out, json.dumps(record, indent=2) + "\n")
@@ -113,6 +149,8 @@ def main(argv=None):
               "seed": args.seed, "batch": BATCH, "throughput": throughput(model, inception,
                                                                          torch.Generator().manual_seed(99))}
     print(json.dumps(record["throughput"]), flush=True)
+    if args.eps_sweep:
+        return eps_sweep(args, model, record)
     if args.only_throughput:
         return print(json.dumps(record, indent=2))
     t = time.perf_counter()
@@ -130,12 +168,7 @@ def main(argv=None):
     record["counts"] = {"fad_samples_per_prior": args.fad_num, "fid_samples_per_prior": args.fid_num,
                         "fid_reference_test_images": int(ctx["fid_ref"]["count"]),
                         "fit_train_images": args.fit_images, "mmd_test_images": args.mmd_num}
-    t = time.perf_counter()
-    train = load_dataset("mnist", "train", root=args.data_root, augment=False)
-    test = load_dataset("mnist", "test", root=args.data_root, augment=False)
-    rates_train = posterior_rates(model, train, max_images=args.fit_images)
-    rates_test = posterior_rates(model, test, max_images=args.mmd_num).float()
-    record["encode_seconds"] = time.perf_counter() - t
+    rates_train, rates_test = _rates(args, model, record)
     record["priors"] = {}
     Path(args.grid_dir).mkdir(parents=True, exist_ok=True)
     record["priors"]["learned"] = score("learned", LearnedPrior(model), model, ctx, args, rates_test)

@@ -203,3 +203,21 @@ def test_bad_mixtures_refused():
         GaussianMixturePrior(torch.ones(1), torch.zeros(1, 2), -torch.eye(2)[None], covariance="full", eps=0.1)
     with pytest.raises(PriorError, match="inconsistent"):
         GaussianMixturePrior(torch.ones(1), torch.zeros(1, 2), torch.ones(1, 3), covariance="diag", eps=0.1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fit_and_sample_on_cuda(tiny):
+    x = _mixture_data(FULL)
+    cpu = fit_gmm(x, components=3, seed=1)
+    gpu = fit_gmm(x.cuda(), components=3, seed=1)
+    assert torch.allclose(gpu.means.cpu(), cpu.means, atol=1e-6)
+    model, images = tiny
+    model = ESVAE(1, 8, T=4).eval().cuda()
+    prior = fit_gmm_prior(model, images, components=2, covariance="diag", seed=0)
+    gen = torch.Generator("cuda").manual_seed(0)
+    out = sample_images(model, 4, prior=prior, generator=gen)
+    assert out.is_cuda and out.shape == (4, 1, 32, 32)
+    learned = LearnedPrior(model)
+    assert torch.equal(sample_images(model, 4, prior=learned, generator=torch.Generator("cuda").manual_seed(1)),
+                       model.sample(4, torch.Generator("cuda").manual_seed(1)))
