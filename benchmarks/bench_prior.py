@@ -1,0 +1,195 @@
+"""Learned bottleneck vs ex-post GMM rate priors for ESVAE generation: FAD, clean FID, fit time, grids.
+
+Every prior draws the same number of samples with the same seed; the images go through the metric
+modules' functions (not the evaluate CLI). The JSON is rewritten after each prior, so a cut-short run
+keeps what it finished.
+
+    PYTHONPATH=$PWD nice -n 19 python benchmarks/bench_prior.py \
+        --checkpoint ../shared/checkpoints/esvae_mnist_e20_h200.pt --out results/prior_mnist_e20.json
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from spikingjelly_vae.atomic import atomic_write_text
+from spikingjelly_vae.checkpoint import load_model
+from spikingjelly_vae.data import load_dataset
+from spikingjelly_vae.functional import rbf_mmd
+from spikingjelly_vae.metrics.fad import compute_fad, fad_test_stats, load_fad_model
+from spikingjelly_vae.metrics.fid import compute_fid, fid_reference_stats, inception_features, load_fid_inception
+from spikingjelly_vae.metrics.resources import sha256_file
+from spikingjelly_vae.metrics.sources import tensor_batches
+from spikingjelly_vae.prior import (LearnedPrior, default_prior_path, fit_rate_mixture, load_prior,
+                                    posterior_rates, prior_batches, sample_images)
+
+BATCH = 128
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default="../shared/checkpoints/esvae_mnist_e20_h200.pt")
+    p.add_argument("--data-root", default="../shared/data")
+    p.add_argument("--inception", default="../shared/data/inception")
+    p.add_argument("--fad-dir", default="../shared/data/esvae_fad")
+    p.add_argument("--out", default="results/prior_mnist_e20.json")
+    p.add_argument("--grid-dir", default="results/prior_grids")
+    p.add_argument("--gmm-dir", default="/tmp/prior_gmms", help="where the fitted GMM files go")
+    p.add_argument("--components", default="10,50,1", help="in this order (K=10 is Ghosh et al.'s)")
+    p.add_argument("--eps", type=float, default=1e-4, help="rates clamped to [eps, 1 - eps] before the logit")
+    p.add_argument("--covariances", default="full,diag")
+    p.add_argument("--fit-images", type=int, default=20000, help="first N training images for the fit")
+    p.add_argument("--fad-num", type=int, default=1280, help="samples per prior for FAD (batches of 128)")
+    p.add_argument("--fid-num", type=int, default=512, help="the first N of them for FID")
+    p.add_argument("--ref-num", type=int, default=1000, help="first N test images for the FID reference")
+    p.add_argument("--mmd-num", type=int, default=2000, help="test images whose rates are compared by MMD")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--only-throughput", action="store_true")
+    p.add_argument("--eps-sweep", default="", help="e.g. 0.03125,0.01,0.001,0.0001: only rate-level "
+                   "statistics of K=10 mixtures per eps (no decoder, no FID/FAD), written to --out")
+    return p.parse_args(argv)
+
+
+def throughput(model, inception, generator) -> dict:
+    """Images/s of sampling (batch 128) and of clean-FID features (32 images, after a warm-up)."""
+    t0 = time.perf_counter()
+    x = sample_images(model, BATCH, prior=LearnedPrior(model), generator=generator)
+    t1 = time.perf_counter()
+    inception_features([x[:4]], inception, "clean")
+    t2 = time.perf_counter()
+    inception_features([x[:32]], inception, "clean")
+    t3 = time.perf_counter()
+    return {"sample_images_per_s": BATCH / (t1 - t0), "fid_features_images_per_s": 32 / (t3 - t2),
+            "warmup_s": t2 - t1}
+
+
+def grid(images, path):
+    from torchvision.utils import save_image
+    save_image((images[:64] + 1) / 2, path, nrow=8, padding=2)
+
+
+def score(name, prior, model, ctx, args, rates_test):
+    """Samples, FAD, FID, rate MMD and a grid for one prior."""
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(args.seed)
+    images = torch.cat(list(prior_batches(model, args.fad_num, BATCH, prior=prior, generator=gen)))
+    t1 = time.perf_counter()
+    fad = compute_fad(tensor_batches(images, BATCH), ctx["fad"], "reference", reference=ctx["fad_ref"])
+    t2 = time.perf_counter()
+    fid = compute_fid(tensor_batches(images[:args.fid_num], BATCH), ctx["fid_ref"], ctx["inception"],
+                      "clean", num=args.fid_num)
+    t3 = time.perf_counter()
+    rates = prior.sample_rates(len(rates_test), generator=torch.Generator().manual_seed(args.seed + 1))
+    png = Path(args.grid_dir) / f"prior_mnist_e20_{name}.png"
+    grid(images, png)
+    return {"fad": fad["fad"], "fad_num_images": fad["num_images"], "fid": fid["fid"],
+            "fid_num_images": fid["num_images"],
+            "mmd_rates_vs_test_posterior": float(rbf_mmd(rates.double(), rates_test.double()).detach()),
+            "mean_rate": float(rates.mean()), "frac_rates_below_0.05": float((rates < 0.05).float().mean()),
+            "frac_rates_above_0.95": float((rates > 0.95).float().mean()),
+            "sample_seconds": t1 - t0, "fad_seconds": t2 - t1, "fid_seconds": t3 - t2, "grid": str(png)}
+
+
+def rate_stats(rates, rates_test, T) -> dict:
+    """How close prior rates are to test posterior rates: MMD, and P(no spike) / P(all T spikes) per unit."""
+    return {"mmd_vs_test_posterior": float(rbf_mmd(rates.double(), rates_test.double()).detach()),
+            "p_no_spike": float(((1 - rates) ** T).mean()), "p_all_spikes": float((rates ** T).mean())}
+
+
+def eps_sweep(args, model, record):
+    """Rate-level statistics of K=10 full/diag mixtures fitted with each eps of --eps-sweep."""
+    rates_train, rates_test = _rates(args, model, record)
+    gen = lambda: torch.Generator().manual_seed(args.seed + 1)  # noqa: E731
+    n, T = len(rates_test), model.T
+    record["rows"] = [{"prior": "train posterior (noise floor)", **rate_stats(rates_train[:n], rates_test, T)},
+                      {"prior": "learned", **rate_stats(LearnedPrior(model).sample_rates(n, generator=gen()),
+                                                        rates_test, T)}]
+    for eps in map(float, args.eps_sweep.split(",")):
+        for cov in args.covariances.split(","):
+            p = fit_rate_mixture(rates_train, components=10, covariance=cov, seed=args.seed, eps=eps)
+            record["rows"].append({"prior": p.name, "eps": eps, "fit_seconds": p.provenance["fit_seconds"],
+                                   "iterations": p.provenance["iterations"],
+                                   **rate_stats(p.sample_rates(n, generator=gen()), rates_test, T)})
+            print(json.dumps(record["rows"][-1]), flush=True)
+    write(args.out, record)
+
+
+def _rates(args, model, record):
+    t = time.perf_counter()
+    train = load_dataset("mnist", "train", root=args.data_root, augment=False)
+    test = load_dataset("mnist", "test", root=args.data_root, augment=False)
+    rates_train = posterior_rates(model, train, max_images=args.fit_images)
+    rates_test = posterior_rates(model, test, max_images=args.mmd_num).float()
+    record["encode_seconds"] = time.perf_counter() - t
+    return rates_train, rates_test
+
+
+def write(out, record):
+    record["load_average_now"] = list(os.getloadavg())
+    atomic_write_text(out, json.dumps(record, indent=2) + "\n")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    model, ckpt = load_model(args.checkpoint)
+    model.eval()
+    inception = load_fid_inception(args.inception)
+    record = {"argv": sys.argv[1:], "python": platform.python_version(), "torch": str(torch.__version__),
+              "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": "cpu",
+              "load_average_start": list(os.getloadavg()), "checkpoint": str(Path(args.checkpoint).resolve()),
+              "checkpoint_sha256": sha256_file(args.checkpoint), "model_config": ckpt["config"],
+              "seed": args.seed, "batch": BATCH, "throughput": throughput(model, inception,
+                                                                         torch.Generator().manual_seed(99))}
+    print(json.dumps(record["throughput"]), flush=True)
+    if args.eps_sweep:
+        return eps_sweep(args, model, record)
+    if args.only_throughput:
+        return print(json.dumps(record, indent=2))
+    t = time.perf_counter()
+    fad = load_fad_model("mnist", fad_dir=args.fad_dir)
+    ctx = {"inception": inception, "fad": fad, "fad_ref": fad_test_stats(fad, "reference")}
+    ctx["fid_ref"] = fid_reference_stats("mnist", "test", inception, "clean", root=args.data_root,
+                                         num=args.ref_num)
+    record["reference"] = {
+        "fad": {**fad.describe(), "protocol": "reference (train-mode BN, batches of 128)",
+                "stats": "official mnist_test_64.npz (all 10,000 test images)"},
+        "fid": {"split": "test", "images": int(ctx["fid_ref"]["count"]), "mode": "clean",
+                "cache": ctx["fid_ref"]["path"], "was_cached": ctx["fid_ref"]["cached"],
+                "inception_sha256": inception.sha256},
+        "seconds": time.perf_counter() - t}
+    record["counts"] = {"fad_samples_per_prior": args.fad_num, "fid_samples_per_prior": args.fid_num,
+                        "fid_reference_test_images": int(ctx["fid_ref"]["count"]),
+                        "fit_train_images": args.fit_images, "mmd_test_images": args.mmd_num}
+    rates_train, rates_test = _rates(args, model, record)
+    record["priors"] = {}
+    Path(args.grid_dir).mkdir(parents=True, exist_ok=True)
+    record["priors"]["learned"] = score("learned", LearnedPrior(model), model, ctx, args, rates_test)
+    record["priors"]["learned"]["fit_seconds"] = 0.0
+    write(args.out, record)
+    print("learned", json.dumps(record["priors"]["learned"]), flush=True)
+    for k in map(int, args.components.split(",")):
+        for cov in args.covariances.split(","):
+            fitted = fit_rate_mixture(rates_train, components=k, covariance=cov, seed=args.seed,
+                                      eps=args.eps, checkpoint=args.checkpoint)
+            path = fitted.save(default_prior_path(Path(args.gmm_dir) / Path(args.checkpoint).name, k, cov))
+            prior = load_prior(f"gmm:{path}", model, checkpoint=args.checkpoint)  # the file path, as the CLI
+            res = score(prior.name, prior, model, ctx, args, rates_test)
+            res.update(fit_seconds=fitted.provenance["fit_seconds"], file=str(path), provenance=prior.provenance)
+            record["priors"][prior.name] = res
+            write(args.out, record)
+            print(prior.name, json.dumps({k2: v for k2, v in res.items() if k2 != "provenance"}), flush=True)
+    record["load_average_end"] = list(os.getloadavg())
+    record["wall_seconds"] = time.perf_counter() - start
+    write(args.out, record)
+
+
+if __name__ == "__main__":
+    main()
