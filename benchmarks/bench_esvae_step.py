@@ -67,31 +67,6 @@ def _rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def _graphed(loss_fn, optimizer, device, warmup: int):
-    """The training step captured as one CUDA graph; returns a step() that replays it (the loss tensor
-    is static). Warm-up runs on a side stream first, as torch.cuda.graphs requires."""
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(max(3, warmup)):
-            optimizer.zero_grad(set_to_none=True)
-            loss_fn().backward()
-            optimizer.step()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    optimizer.zero_grad(set_to_none=True)
-    with torch.cuda.graph(graph):
-        static_loss = loss_fn()
-        static_loss.backward()
-        optimizer.step()
-
-    def step():
-        graph.replay()
-        return static_loss
-
-    return step
-
-
 def _build(variant: str, opts: dict):
     """(model, step function returning the loss tensor) for ``variant``."""
     from spikingjelly_vae.models import ESVAE
@@ -117,7 +92,10 @@ def _build(variant: str, opts: dict):
             return model.loss(x, out)["loss"]
 
     if cfg.get("graph"):
-        return model, _graphed(loss_fn, optimizer, device, opts["warmup"])
+        from spikingjelly_vae.train.capture import CapturedStep
+        captured = CapturedStep(lambda _x: loss_fn(), optimizer, x, model=model, warmup=max(3, opts["warmup"]),
+                                restore=False)
+        return model, lambda: captured(x)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
