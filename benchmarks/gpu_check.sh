@@ -60,7 +60,7 @@ except Exception as err:  # noqa: BLE001
     info["cupy"] = f"unavailable: {type(err).__name__}"
 print(json.dumps(info))
 PY
-step pytest_gpu 120 $PY -m pytest -q -m gpu tests/test_kernels_gpu.py
+step pytest_gpu 120 $PY -m pytest -q -m gpu tests/
 step bench_esvae_step 200 $PY benchmarks/bench_esvae_step.py "${ESVAE_ARGS[@]}" \
   --out "$RES/bench_esvae_step_$DEVICE.json"
 if [ -f benchmarks/bench_epoch.py ]; then
@@ -84,7 +84,7 @@ log = logs / "pytest_gpu.log"
 if log.exists():
     counts = dict((k, int(n)) for n, k in re.findall(r"(\d+) (passed|failed|skipped|error|errors|deselected)",
                                                      log.read_text()))
-    line(figure="pytest -m gpu tests/test_kernels_gpu.py", **counts)
+    line(figure="pytest -m gpu tests/ (kernels, captured step, resident data, prior)", **counts)
 for name in ("bench_esvae_step", "bench_epoch", "profile_step"):
     path = res / f"{name}_{device}.json"
     if not path.exists():
