@@ -147,7 +147,7 @@ def checkpoint_or_pretrained(help: str = "Model checkpoint written by `sjvae tra
             return f(*args, **kwargs)
 
         opts = [click.option("--checkpoint", key, multiple=multiple, default=None,
-                             type=click.Path(exists=True, dir_okay=False), help=help),
+                             type=click.Path(exists=True, dir_okay=False), help=f"{help} Or --pretrained."),
                 click.option("--pretrained", multiple=multiple, default=None, metavar="NAME", help=name_help)]
         if multiple:
             opts.append(click.option("--label", "labels", multiple=True,
