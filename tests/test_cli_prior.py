@@ -84,6 +84,8 @@ def test_evaluate_records_the_prior_and_compare_marks_it(fitted, tmp_path):
     res = invoke("compare", out, "--format", "markdown")
     assert res.exit_code == 0, res.output
     assert "ESVAE (ours, gmm-k2-full prior)" in res.output and "not the paper's protocol" in res.output
+    rows = invoke("compare", out, "--format", "csv").output.strip().splitlines()
+    assert rows[0].endswith(",prior") and rows[-1].endswith(",gmm-k2-full")
     res = invoke("evaluate", "--checkpoint", ckpt, "--metrics", "mse", "--mse-num", 16, "--data-root", SHARED,
                  *CPU)
     assert res.exit_code == 0
