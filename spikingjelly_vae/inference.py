@@ -27,26 +27,48 @@ def _output_path(out, suffixes, force: bool) -> Path:
 
 
 def sample_to_file(checkpoint, n: int, out, *, seed: int = 0, device: str = "auto", batch_size: int = 256,
-                   nrow: int = 8, force: bool = False) -> dict:
-    """Generate `n` images with `model.sample`; write a PNG grid (`.png`) or the tensor `[n, C, H, W]` in
-    [-1, 1] (`.pt`). Draws come from one generator seeded with `seed`, so a repeat gives the same images."""
+                   nrow: int = 8, force: bool = False, prior: str = "learned") -> dict:
+    """Generate `n` images with `model.sample` (`prior="learned"`) or, for ESVAE, from the rate prior
+    `prior` ("gmm:PATH", `prior.load_prior`); write a PNG grid (`.png`, the prior's name in its text
+    chunks) or the tensor `[n, C, H, W]` in [-1, 1] (`.pt`). Draws come from one generator seeded with
+    `seed`, so a repeat gives the same images."""
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be >= 1, got {n}, {batch_size}")
     out = _output_path(out, (".png", ".pt"), force)
     dev = resolve_device(device)
     model, ckpt = load_model(checkpoint, map_location=dev)
     model.eval()
+    draw, prior_name = model.sample, "learned"
+    if prior != "learned":
+        from .prior import load_prior, sample_images
+        rate_prior = load_prior(prior, model, checkpoint=checkpoint)
+        prior_name = rate_prior.name
+
+        def draw(k, generator):
+            return sample_images(model, k, prior=rate_prior, generator=generator)
     gen = torch.Generator(device=dev).manual_seed(seed)
     with torch.no_grad():
-        images = torch.cat([model.sample(min(batch_size, n - i), generator=gen).float().cpu()
+        images = torch.cat([draw(min(batch_size, n - i), generator=gen).float().cpu()
                             for i in range(0, n, batch_size)])
+    meta = {"checkpoint": str(checkpoint), "prior": prior_name, "seed": str(seed)}
     if out.suffix.lower() == ".pt":
         atomic_write(out, lambda p: torch.save(images, p))
     else:
-        from torchvision.utils import save_image
-        atomic_write(out, lambda p: save_image(to_unit_range(images), str(p), nrow=nrow, padding=2, pad_value=1.0))
+        atomic_write(out, lambda p: _save_png(images, p, nrow, meta))
     return {"out": str(out), "n": n, "shape": list(images.shape), "model": model.config.get("model"),
-            "epoch": ckpt.get("epoch"), "seed": seed, "device": str(dev)}
+            "epoch": ckpt.get("epoch"), "seed": seed, "device": str(dev), "prior": prior_name}
+
+
+def _save_png(images: torch.Tensor, path, nrow: int, meta: dict) -> None:
+    """A PNG grid of images in [-1, 1] with `meta` as PNG text chunks."""
+    from PIL import Image, PngImagePlugin
+    from torchvision.utils import make_grid
+    grid = make_grid(to_unit_range(images), nrow=nrow, padding=2, pad_value=1.0)
+    info = PngImagePlugin.PngInfo()
+    for key, value in meta.items():
+        info.add_text(key, value)
+    array = grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()
+    Image.fromarray(array).save(path, format="PNG", pnginfo=info)  # as torchvision's save_image, plus text
 
 
 def reconstruct_to_file(checkpoint, out, *, n: int = 32, dataset: Optional[str] = None, data_root=None,

@@ -22,7 +22,8 @@ import torch
 from .atomic import atomic_write, atomic_write_text
 
 __all__ = ["PretrainedEntry", "PretrainedError", "REGISTRY", "WEIGHTS_DIR", "status", "get_entry",
-           "load_pretrained", "register_pretrained", "export_weights"]
+           "load_pretrained", "verified_file",
+           "register_pretrained", "export_weights"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -98,9 +99,9 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_pretrained(name: str, *, device="cpu") -> Tuple[torch.nn.Module, PretrainedEntry]:
-    """The model of entry `name` with its weights, in eval mode on `device`, and the entry."""
-    from .models import build_model
+def verified_file(name: str) -> Tuple[Path, PretrainedEntry]:
+    """The weights file of an available entry, its sha256 checked, and the entry. The file is also a
+    checkpoint (`checkpoint.load_model` reads it), which is how the `sjvae --pretrained` options use it."""
     entry = get_entry(name)
     if entry.status != "available":
         reached = f"{entry.epochs_reached} of {entry.epochs_total}" if entry.epochs_reached is not None \
@@ -114,6 +115,13 @@ def load_pretrained(name: str, *, device="cpu") -> Tuple[torch.nn.Module, Pretra
     if digest != entry.sha256:
         raise PretrainedError(f"{path} does not match the sha256 of {name!r} (expected {entry.sha256}, got "
                               f"{digest}): the file is corrupt or was replaced; reinstall the package")
+    return path, entry
+
+
+def load_pretrained(name: str, *, device="cpu") -> Tuple[torch.nn.Module, PretrainedEntry]:
+    """The model of entry `name` with its weights, in eval mode on `device`, and the entry."""
+    from .models import build_model
+    path, entry = verified_file(name)
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or "model" not in blob:
         raise PretrainedError(f"{path} is not a weights file of this package (no 'model' state dict)")

@@ -42,7 +42,8 @@ def _check_esvae(model) -> None:
     from .models.esvae import ESVAE
     if not isinstance(model, ESVAE):
         raise PriorError(f"rate priors apply to ESVAE only (its latent is Poisson firing rates); got "
-                         f"{type(model).__name__}. FSVAE and the ANN VAE have no rate prior: use model.sample")
+                         f"{type(model).__name__}. FSVAE and the ANN VAE have no rate prior: "
+                         "use their learned prior (--prior learned, model.sample)")
 
 
 class RatePrior:

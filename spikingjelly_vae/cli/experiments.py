@@ -4,8 +4,9 @@ from __future__ import annotations
 import click
 
 from .main import main
-from .options import (checkpoint_option, checkpoints_option, data_root_option, dataset_option, device_option,
+from .options import (data_root_option, dataset_option, device_option,
                       options, reports_value_errors)
+from .options import checkpoint_or_pretrained, prior_option  # --pretrained NAME, --prior learned|gmm:PATH
 
 _experiment_common = options(
     dataset_option("Dataset the model(s) were trained on (default: read from the checkpoint)."),
@@ -32,7 +33,8 @@ def _levels(ctx, param, value):
 
 
 @main.command("robustness")
-@checkpoints_option("Spiking model checkpoint (esvae, fsvae); repeat to compare models on identical draws.")
+@checkpoint_or_pretrained("Spiking model checkpoint (esvae, fsvae); repeat to compare models on identical "
+                          "draws.", multiple=True)
 @click.option("--kind", type=click.Choice(["shuffle", "flip", "gaussian"]), required=True,
               help="shuffle: permute each latent neuron's T spikes independently per image (Table II); "
                    "flip: flip each latent spike bit with probability a; gaussian: add N(0,1) to a fraction "
@@ -66,7 +68,8 @@ def robustness_cmd(*, checkpoints, labels, kind, levels, out_dir, **kwargs):
 
 
 @main.command("classify")
-@checkpoints_option("Model checkpoint (esvae, fsvae; ann-vae uses mu); repeat to compare models.")
+@checkpoint_or_pretrained("Model checkpoint (esvae, fsvae; ann-vae uses mu); repeat to compare models.",
+                          multiple=True)
 @click.option("--epochs", default=200, show_default=True, type=click.IntRange(1),
               help="Probe epochs (paper: 200).")
 @click.option("--lr", default=0.01, show_default=True, type=click.FloatRange(0, min_open=True),
@@ -100,7 +103,7 @@ def classify_cmd(*, checkpoints, labels, epochs, lr, momentum, batch_size, no_ca
 
 
 @main.command("analyze")
-@checkpoint_option("Spiking model checkpoint (esvae, fsvae).")
+@checkpoint_or_pretrained("Spiking model checkpoint (esvae, fsvae).")
 @click.option("--history", multiple=True, type=click.Path(exists=True),
               help="Checkpoints of the same run (files, or a folder of .pt files) for the rate distributions "
                    "over training (Fig. 7); repeatable.")
@@ -113,6 +116,7 @@ def classify_cmd(*, checkpoints, labels, epochs, lr, momentum, batch_size, no_ca
               help="Energy of one accumulate in pJ (32-bit float add, 45 nm, Horowitz 2014).")
 @click.option("--e-mac", default=4.6, show_default=True, type=click.FloatRange(0),
               help="Energy of one multiply-accumulate in pJ (3.7 mult + 0.9 add, 45 nm, Horowitz 2014).")
+@prior_option
 @_experiment_common
 @reports_value_errors
 def analyze_cmd(checkpoint, out_dir, **kwargs):
@@ -123,7 +127,7 @@ def analyze_cmd(checkpoint, out_dir, **kwargs):
     res = run_analysis(checkpoint, out_dir=out_dir, progress=True, **kwargs)
     r, en = res["rates"], res["energy"]
     click.echo(f"latent rate: posterior {r['posterior']['mean_rate']:.3f}, "
-               f"prior {r['prior']['mean_rate']:.3f}; "
+               f"prior ({res['prior']}) {r['prior']['mean_rate']:.3f}; "
                f"histogram overlap {r['overlap']:.3f}; RBF-MMD^2 {r['rbf_mmd2']:.4f}")
     for stage in ("reconstruction", "generation"):
         s, a = en[stage], en["ann"][stage]

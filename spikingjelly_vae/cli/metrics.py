@@ -6,8 +6,9 @@ from pathlib import Path
 import click
 
 from .main import main
-from .options import (cache_dir_option, checkpoint_option, data_root_option, dataset_option, device_option,
+from .options import (cache_dir_option, data_root_option, dataset_option, device_option,
                       options, reports_value_errors)
+from .options import checkpoint_or_pretrained, prior_option  # --pretrained NAME, --prior learned|gmm:PATH
 
 _PROTOCOL_HELP = ("reference: as the paper's numbers were computed (IS on unnormalised input, FAD with "
                   "train-mode BN); standard: normalised IS input, eval-mode FAD. See docs/metrics.md.")
@@ -44,7 +45,7 @@ _counts = options(
 
 
 @main.command("evaluate")
-@checkpoint_option()
+@checkpoint_or_pretrained()
 @click.option("--metrics", default="mse,fid,is,fad", show_default=True,
               help="Comma-separated subset of mse, fid, is, fad.")
 @dataset_option("Dataset the model was trained on (default: read from the checkpoint).")
@@ -56,12 +57,15 @@ _counts = options(
                    "fast = bilinear on the tensor's device.")
 @_weights
 @_counts
+@prior_option
 @click.option("--seed", default=0, show_default=True, help="Seed of the sampling generators.")
 @device_option
 @click.option("--output", default=None, type=click.Path(dir_okay=False),
-              help="JSON file for all numbers (default: <checkpoint>.eval-<protocol>.json beside it).")
+              help="JSON file for all numbers (default: <checkpoint>.eval-<protocol>.json beside it, "
+                   ".eval-<protocol>.<prior>.json for a GMM prior; results/pretrained/<name>... for "
+                   "--pretrained).")
 @reports_value_errors
-def evaluate_cmd(*, checkpoint, metrics, dataset, device, output, **kwargs):
+def evaluate_cmd(*, checkpoint, pretrained, metrics, dataset, device, output, **kwargs):
     """Compute MSE, FID, IS and FAD of a checkpoint; print a table and write JSON."""
     from ..atomic import write_json
     from ..metrics.evaluate import evaluate_checkpoint, format_table, split_eval_kwargs
@@ -69,9 +73,20 @@ def evaluate_cmd(*, checkpoint, metrics, dataset, device, output, **kwargs):
     options_, sources, _ = split_eval_kwargs(metrics=names, **kwargs)
     res = evaluate_checkpoint(checkpoint, options_, sources, dataset=dataset, device=device, progress=True,
                               log=lambda msg: click.echo(msg, err=True))
-    out = Path(output) if output else Path(checkpoint).with_name(Path(checkpoint).name + f".eval-{res['protocol']}.json")
+    if pretrained:
+        res["pretrained"] = pretrained
+    out = Path(output) if output else _default_output(checkpoint, pretrained, res)
     click.echo(format_table(res))
     click.echo(f"wrote {write_json(out, res)}")
+
+
+def _default_output(checkpoint, pretrained, res) -> Path:
+    """<checkpoint>.eval-<protocol>[.<prior>].json beside it; for a pretrained name under results/pretrained/
+    (not inside the package). A GMM prior's result never replaces the learned prior's (the paper's)."""
+    name = (pretrained or Path(checkpoint).name) + f".eval-{res['protocol']}"
+    name += "" if res["prior"] == "learned" else f".{res['prior']}"
+    folder = Path("results/pretrained") if pretrained else Path(checkpoint).parent
+    return folder / f"{name}.json"
 
 
 @main.group("fad-ae")

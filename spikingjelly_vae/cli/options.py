@@ -98,3 +98,72 @@ def _parse_value(raw: str):
         except ValueError:
             pass
     return raw
+
+
+# ----------------------------------------------------------------- --pretrained and --prior (integ-cli)
+PRIOR_HELP = ("Rate source of generated images: learned (the model's own prior, the paper's protocol) or "
+              "gmm:PATH (ESVAE only: a Gaussian mixture from `sjvae prior fit`, fitted to this checkpoint). "
+              "See docs/prior.md.")
+
+
+def _prior_spec(ctx, param, value):
+    if value != "learned" and not (value.startswith("gmm:") and len(value) > 4):
+        raise click.BadParameter(f"expected learned or gmm:PATH, got {value!r}")
+    return value
+
+
+prior_option = click.option("--prior", default="learned", show_default=True, callback=_prior_spec,
+                            metavar="learned|gmm:PATH", help=PRIOR_HELP)
+
+
+def checkpoint_or_pretrained(help: str = "Model checkpoint written by `sjvae train`.",
+                             multiple: bool = False):
+    """--checkpoint PATH or --pretrained NAME, exactly one. A name is resolved to its sha256-checked weights
+    file (`pretrained.verified_file`; it loads as a checkpoint), which the command gets as its checkpoint;
+    an unset --dataset becomes the entry's. The command receives `pretrained` (the name or names) only if
+    its signature has that parameter. With `multiple`, both options repeat (`checkpoints`, with --label)."""
+    key = "checkpoints" if multiple else "checkpoint"
+    name_help = ("Named pretrained weights instead of --checkpoint (`sjvae pretrained` lists them)"
+                 + ("; repeatable." if multiple else "."))
+
+    def decorate(f):
+        import inspect
+        wants_name = "pretrained" in inspect.signature(f).parameters
+
+        @functools.wraps(f)
+        def wrapper(*args, **kwargs):
+            names = kwargs.pop("pretrained")
+            names = tuple(names) if multiple else ((names,) if names else ())
+            if bool(names) == bool(kwargs[key]):
+                raise click.UsageError("pass exactly one of --checkpoint PATH and --pretrained NAME "
+                                       "(`sjvae pretrained` lists the names and their status)")
+            if names:
+                paths, datasets = _resolve_pretrained(names)
+                kwargs[key] = tuple(paths) if multiple else paths[0]
+                if kwargs.get("dataset", "") is None and len(set(datasets)) == 1:
+                    kwargs["dataset"] = datasets[0]
+            if wants_name:
+                kwargs["pretrained"] = names if multiple else (names[0] if names else None)
+            return f(*args, **kwargs)
+
+        opts = [click.option("--checkpoint", key, multiple=multiple, default=None,
+                             type=click.Path(exists=True, dir_okay=False), help=f"{help} Or --pretrained."),
+                click.option("--pretrained", multiple=multiple, default=None, metavar="NAME", help=name_help)]
+        if multiple:
+            opts.append(click.option("--label", "labels", multiple=True,
+                                     help="Label per model (default: model:file stem)."))
+        return options(*opts)(wrapper)
+    return decorate
+
+
+def _resolve_pretrained(names) -> tuple:
+    from ..pretrained import PretrainedError, verified_file
+    paths, datasets = [], []
+    for name in names:
+        try:
+            path, entry = verified_file(name)
+        except PretrainedError as err:
+            raise click.UsageError(str(err)) from None
+        paths.append(str(path))
+        datasets.append(entry.dataset)
+    return paths, datasets

@@ -10,6 +10,7 @@ import click
 from .main import main
 from .options import (checkpoint_option, data_options, dataset_option, device_option, force_option, options,
                       parse_model_opts, reports_value_errors, seed_option)
+from .options import checkpoint_or_pretrained, prior_option  # --pretrained NAME, --prior learned|gmm:PATH
 
 _run_folder = options(
     click.option("--out", default=None, type=click.Path(file_okay=False),
@@ -123,25 +124,27 @@ def _resumed_options(opts: dict, given: set) -> dict:
 
 
 @main.command("sample")
-@checkpoint_option("Model checkpoint written by `sjvae train` (last.pt or best.pt).")
+@checkpoint_or_pretrained("Model checkpoint written by `sjvae train` (last.pt or best.pt).")
 @click.option("-n", "--num", "n", type=click.IntRange(1), default=64, show_default=True, help="Images to generate.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Output: .png for a grid, .pt for the tensor [n, C, H, W] in [-1, 1].")
 @seed_option(0, "Seed of the sampling generator.")
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True, help="Images per model call.")
 @click.option("--nrow", type=click.IntRange(1), default=8, show_default=True, help="Images per grid row (.png).")
+@prior_option
 @device_option
 @force_option
 @reports_value_errors
 def sample_cmd(checkpoint, n, out, **kwargs):
-    """Generate n images from the prior of a trained model."""
+    """Generate n images from the prior of a trained model (learned, or an ESVAE's GMM rate prior)."""
     from ..inference import sample_to_file
     res = sample_to_file(checkpoint, n, out, **kwargs)
-    click.echo(f"wrote {res['out']} ({res['n']} images of shape {res['shape'][1:]}, seed {kwargs['seed']})")
+    click.echo(f"wrote {res['out']} ({res['n']} images of shape {res['shape'][1:]}, seed {kwargs['seed']}, "
+               f"{res['prior']} prior)")
 
 
 @main.command("reconstruct")
-@checkpoint_option()
+@checkpoint_or_pretrained()
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="PNG: rows of originals, each above its row of reconstructions.")
 @click.option("-n", "--num", "n", type=click.IntRange(1), default=32, show_default=True,

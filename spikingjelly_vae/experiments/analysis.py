@@ -1,7 +1,7 @@
 """Latent firing-rate analysis (paper Fig. 4, 6, 7) and per-layer rates / synaptic operations / energy.
 
 posterior (training) rates: r = (1/T) sum_t z_t with z = posterior_spikes(x) of test images
-prior (generation) rates:   r = (1/T) sum_t z_t with z = prior_spikes(n)
+prior (generation) rates:   r = (1/T) sum_t z_t with z = prior_spikes(n) (or spikes of a GMM prior's rates)
 Both take values k/T, so their histograms have T + 1 bins. The overlap of two histograms p, q is
 sum_k min(p_k, q_k) (1 = identical). Operation counts and energy: see ``energy.py``.
 """
@@ -22,7 +22,7 @@ MMD_SAMPLES = 256  # rbf_mmd builds a (2n)^2 x L tensor: cap n
 
 @torch.no_grad()
 def latent_rates(model, loader, *, seed: int = 0, device=None, count_ops: bool = False,
-                 num_raster: int = 4, progress: bool = False) -> Dict:
+                 num_raster: int = 4, progress: bool = False, rate_prior=None) -> Dict:
     """Posterior and prior latent firing rates ``[N, L]`` over ``loader``'s images (as many prior samples).
 
     With ``count_ops`` also the per-layer operation counts of reconstruction (posterior spikes -> decode)
@@ -42,7 +42,9 @@ def latent_rates(model, loader, *, seed: int = 0, device=None, count_ops: bool =
             if count_ops:
                 model.decode(z_p)
         with gen_counter if count_ops else nullcontext():
-            z_q = model.prior_spikes(n, generator=generator_for(seed, "prior", b, device))
+            g = generator_for(seed, "prior", b, device)  # rate_prior: a prior.RatePrior (None: learned)
+            z_q = (model.prior_spikes(n, generator=g) if rate_prior is None
+                   else model.latent(rate_prior.sample_rates(n, generator=g, device=device), generator=g))
             if count_ops:
                 model.decode(z_q)
         post.append(z_p.float().mean(0).cpu())
@@ -307,7 +309,7 @@ def expand_history(paths: Sequence) -> List[Path]:
 def run_analysis(checkpoint, *, out_dir="results/analysis", dataset: Optional[str] = None, data_root=None,
                  num_images: Optional[int] = 1000, batch_size: int = 256, seed: int = 0, device="auto",
                  history: Sequence = (), e_ac: float = E_AC_PJ, e_mac: float = E_MAC_PJ, num_raster: int = 4,
-                 progress: bool = False) -> Dict:
+                 progress: bool = False, prior: str = "learned") -> Dict:
     """Fig. 4/6/7 and the energy table for one checkpoint; writes into ``out_dir``:
     ``analysis.json``, ``firing_rates.csv``/``.png`` (Fig. 6), ``spike_raster.png`` (Fig. 4),
     ``layer_rates.csv``, ``layer_ops.csv``, ``layers.png`` and, with ``history``,
@@ -324,11 +326,13 @@ def run_analysis(checkpoint, *, out_dir="results/analysis", dataset: Optional[st
     model, ckpt = load_spiking_model(checkpoint, device)
     dataset = choose_dataset(dataset, [ckpt], [checkpoint])
     label = model_label(ckpt, checkpoint)
+    from ..prior import load_prior  # --prior gmm:PATH: ESVAE only, fitted to this checkpoint
+    rate_prior = None if prior == "learned" else load_prior(prior, model, checkpoint=checkpoint)
     loader = image_loader(dataset, "test", root=data_root, num_images=num_images, batch_size=batch_size)
     out_dir = Path(out_dir)
 
     rates = latent_rates(model, loader, seed=seed, device=device, count_ops=True, num_raster=num_raster,
-                         progress=progress)
+                         progress=progress, rate_prior=rate_prior)
     T = rates["T"]
     summary = rate_summary(rates["posterior"], rates["prior"], T)
     x0 = next(iter(loader))[0].to(device)
@@ -359,7 +363,7 @@ def run_analysis(checkpoint, *, out_dir="results/analysis", dataset: Optional[st
         "epoch": ckpt.get("epoch"), "dataset": dataset, "split": "test", "num_images": rates["num_images"],
         "seed": seed, "rates": summary, "energy": _energy_json(energy),
         "history": [{k: h[k] for k in ("checkpoint", "epoch", "posterior", "prior")} for h in hist],
-        "provenance": provenance(device, started),
+        "provenance": provenance(device, started), "prior": getattr(rate_prior, "name", "learned"),
     }
     write_json(out_dir / "analysis.json", result)
     return result

@@ -6,6 +6,8 @@ come from the JSON that ``sjvae evaluate`` writes (``<checkpoint>.eval-<protocol
 run folder without one is evaluated first only when asked (``evaluate=True``), since that takes long.
 The measured reconstruction loss is the reference's number (``mse_batch_mean``: the mean of per-batch
 MSEs on the test split, as the official code averages it), falling back to the per-image mean.
+A measured row whose samples came from another prior than the model's learned one (``sjvae evaluate
+--prior gmm:PATH``) is labelled with the prior's name and a note: it is not the paper's protocol.
 """
 from __future__ import annotations
 
@@ -157,6 +159,10 @@ def measured_row(res: dict) -> dict:
             notes.append(f"FAD: {m['fad']['note']}")
         if m["fad"].get("num_images", 5120) < 5120:
             notes.append(f"FAD on {m['fad']['num_images']} samples (the paper: 5120)")
+    prior = res.get("prior", "learned")
+    if prior != "learned" and {"is", "fid", "fad"} & set(m):
+        notes.append(f"IS/FID/FAD from samples of the {prior} prior, not the model's learned prior "
+                     "(not the paper's protocol)")
     if res.get("protocol", "reference") != "reference":
         notes.append(f"{res['protocol']} metric protocol (the paper: reference)")
     if dataset == "cifar10":
@@ -171,7 +177,7 @@ def measured_row(res: dict) -> dict:
     epoch = res.get("epoch")
     source = f"{where}" + (f" (epoch {epoch})" if epoch is not None else "")
     return {"dataset": dataset, "model": model, "kind": "measured", **values, "unavailable": sorted(unavailable),
-            "source": source, "notes": notes}
+            "source": source, "notes": notes, "prior": prior}
 
 
 def published_rows(datasets: Iterable[str], models: Iterable[str]) -> List[dict]:
@@ -230,11 +236,12 @@ def format_table(rows: List[dict], fmt: str = "text") -> str:
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow(["dataset", "model", "kind", *[k for k, _ in METRIC_COLUMNS], "source", "notes"])
+        writer.writerow(["dataset", "model", "kind", *[k for k, _ in METRIC_COLUMNS], "source", "notes",
+                         "prior"])
         for r in rows:
             writer.writerow([r["dataset"], r["model"], r["kind"], *["" if r[k] is None else r[k]
                                                                     for k, _ in METRIC_COLUMNS],
-                             r["source"], "; ".join(r["notes"])])
+                             r["source"], "; ".join(r["notes"]), r.get("prior", "learned")])
         return buf.getvalue()
     notes: List[str] = []
     body = []
@@ -245,7 +252,9 @@ def format_table(rows: List[dict], fmt: str = "text") -> str:
             if note not in notes:
                 notes.append(note)
             marks.append(str(notes.index(note) + 1))
-        label = MODEL_LABELS.get(r["model"], r["model"]) + (" (ours)" if r["kind"] == "measured" else "")
+        prior = r.get("prior", "learned")
+        ours = " (ours)" if prior == "learned" else f" (ours, {prior} prior)"  # never taken for the paper's
+        label = MODEL_LABELS.get(r["model"], r["model"]) + (ours if r["kind"] == "measured" else "")
         if marks:
             label += " [" + ",".join(marks) + "]"
         ds = DATASETS[r["dataset"]].label if r["dataset"] in DATASETS else r["dataset"]

@@ -4,6 +4,9 @@ Sampling: one pool of ceil(num_samples / 128) batches of 128 generated images (5
 feeds both FID (first `num_samples`, as clean-fid) and FAD (all 5,120 in their batches of 128, as the
 reference); the reference code draws two such pools, which has the same distribution. IS draws its
 own `is_batches` batches of `is_batch` (reference: 10 x 256, one split per batch).
+Generated images come from the model's learned prior (the paper's protocol), or for ESVAE from the rate
+prior `options.prior` ("gmm:PATH", spikingjelly_vae.prior): still Poisson spikes through the decoder,
+only the rate source differs. The result records the prior's name under "prior".
 A metric whose weights are missing is reported as unavailable with the reason, never as a number.
 """
 from __future__ import annotations
@@ -45,6 +48,7 @@ class EvalOptions:
     mse_num: Optional[int] = None      # first N test images only
     fid_ref_num: Optional[int] = None  # FID reference statistics from the first N images only
     seed: int = 0
+    prior: str = "learned"             # learned | gmm:PATH (ESVAE rate prior of `sjvae prior fit`)
 
     def check(self) -> None:
         unknown = [m for m in self.metrics if m not in METRICS]
@@ -89,9 +93,17 @@ class _Run:
     log: Callable[[str], None]
     res: dict
     pool: Optional[torch.Tensor] = None  # generated images shared by FID and FAD
+    prior: Optional[object] = None       # a prior.RatePrior; None: model.sample (the learned prior)
 
     def generator(self, offset: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(self.options.seed + offset)
+
+    def samples(self, num: int, batch_size: int, offset: int):
+        """Batches of generated images from the chosen prior (`sample_batches` for the learned one)."""
+        if self.prior is None:
+            return sample_batches(self.model, num, batch_size, self.generator(offset))
+        from ..prior import prior_batches
+        return prior_batches(self.model, num, batch_size, prior=self.prior, generator=self.generator(offset))
 
 
 def evaluate_checkpoint(checkpoint, options: EvalOptions = EvalOptions(), sources: EvalSources = EvalSources(),
@@ -114,16 +126,28 @@ def evaluate_checkpoint(checkpoint, options: EvalOptions = EvalOptions(), source
     res = {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint),
            "epoch": ckpt.get("epoch"), "model": ckpt.get("config"), "dataset": dataset,
            "protocol": options.protocol, "seed": options.seed, "device": str(device), "metrics": {},
-           "unavailable": {}, "weights": {}, "seconds": {},
+           "unavailable": {}, "weights": {}, "seconds": {}, "prior": "learned",
            "versions": {"spikingjelly_vae": __version__, "torch": torch.__version__,
                         "python": platform.python_version()}}
     run = _Run(model.eval(), dataset, device, options, sources, progress, log or (lambda msg: None), res)
+    if options.prior != "learned":
+        _use_prior(run, checkpoint)
     wanted = set(options.metrics) | ({"sampling"} if {"fid", "fad"} & set(options.metrics) else set())
     for name, step in (("mse", _mse), ("sampling", _sample_pool), ("fid", _fid), ("fad", _fad),
                        ("is", _inception_score)):
         if name in wanted:
             _timed(run, name, step)
     return res
+
+
+def _use_prior(run: _Run, checkpoint) -> None:
+    """Sample from the rate prior `options.prior` (refused unless ESVAE and fitted to this checkpoint)."""
+    from ..prior import load_prior
+    run.prior = load_prior(run.options.prior, run.model, checkpoint=checkpoint)
+    path = run.options.prior[len("gmm:"):]
+    run.res["prior"] = run.prior.name
+    run.res["prior_file"] = {"path": path, "sha256": sha256_file(path),
+                             "provenance": getattr(run.prior, "provenance", {})}
 
 
 def _timed(run: _Run, name: str, step: Callable) -> None:
@@ -154,8 +178,8 @@ def _mse(run: _Run) -> dict:
 def _sample_pool(run: _Run) -> None:
     """One pool of generated images for FID and FAD (run.pool)."""
     o = run.options
-    run.log(f"sampling {o.num_samples} images in batches of {o.sample_batch} ...")
-    run.pool = collect(sample_batches(run.model, o.num_samples, o.sample_batch, run.generator(1)))
+    run.log(f"sampling {o.num_samples} images in batches of {o.sample_batch} ({run.res['prior']} prior) ...")
+    run.pool = collect(run.samples(o.num_samples, o.sample_batch, 1))
     run.res["num_generated"] = int(run.pool.shape[0])
 
 
@@ -190,7 +214,7 @@ def _inception_score(run: _Run) -> dict:
     net, info = load_is_inception(run.sources.is_weights, run.device)
     run.res["weights"]["is_inception"] = info
     run.log(f"Inception Score ({o.protocol}) on {o.is_batches} x {o.is_batch} samples ...")
-    batches = sample_batches(run.model, o.is_batch * o.is_batches, o.is_batch, run.generator(2))
+    batches = run.samples(o.is_batch * o.is_batches, o.is_batch, 2)
     r = compute_inception_score(batches, net, o.protocol, splits=o.is_batches if o.protocol == "reference" else 10,
                                 device=run.device)
     if not info["torchvision_imagenet"]:
@@ -223,6 +247,9 @@ def format_table(res: dict) -> str:
                      f"{f['protocol']}, {f['source']} AE" + (f"; {f['note']}" if "note" in f else "")))
     for k, why in res["unavailable"].items():
         rows.append((k.upper(), "unavailable", "", why))
+    if res.get("prior", "learned") != "learned" and {"fid", "is", "fad"} & set(m):
+        rows.append(("prior", res["prior"], "", "samples of FID/IS/FAD from this rate prior, not the "
+                                                "model's learned one (not the paper's protocol)"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows)
 
