@@ -51,9 +51,10 @@ def one_thread():
 
 
 def _cfg(root, cache, out, **kw):
-    return dict(dataset="mnist", data_root=str(root), cache_dir=str(cache), out=str(out), batch_size=16, T=4,
+    base = dict(dataset="mnist", data_root=str(root), cache_dir=str(cache), out=str(out), batch_size=16, T=4,
                 latent_dim=8, train_subset=64, test_subset=24, grid_images=8, tensorboard=False, progress=False,
-                device="cpu", **kw)
+                device="cpu")
+    return {**base, **kw}
 
 
 def _assert_same_state(a: dict, b: dict):
@@ -106,3 +107,30 @@ def test_resident_resume_after_kill_is_exact(tiny_root, tmp_path, one_thread):
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         _assert_same_state(sa, sb)
     assert a["best_test_loss"] == b["best_test_loss"]
+
+
+def _ddp_worker(rank, world, port, cfg):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    train.fit(train.TrainConfig(**cfg))
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_resident_ddp_equals_dataloader_ddp(tiny_root, tmp_path):
+    """Two gloo processes: the resident loaders take the DistributedSampler's shard, as the DataLoaders."""
+    import torch.multiprocessing as mp
+    root, cache = tiny_root
+    for name, on in (("dl", False), ("res", True)):
+        cfg = _cfg(root, cache, tmp_path / name, epochs=1, batch_size=8, data_on_gpu=on)
+        mp.spawn(_ddp_worker, args=(2, _free_port(), cfg), nprocs=2, join=True)
+    a, b = load_checkpoint(tmp_path / "dl" / "last.pt"), load_checkpoint(tmp_path / "res" / "last.pt")
+    assert a["step"] == b["step"] == 4 and b["world_size"] == 2
+    _assert_same_state(a["model"], b["model"])
+    assert a["metrics"]["test_mse"] == b["metrics"]["test_mse"]
