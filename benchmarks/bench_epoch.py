@@ -4,8 +4,8 @@
    no progress bar, no TensorBoard) runs --epochs epochs. An epoch's end-to-end time is the wall time between
    two consecutive rows of its log.csv (polled every 5 ms): training, the test pass and the checkpoint writes.
    The first epoch (process start, cache load, warm-up) is reported apart; seconds_per_epoch is the median of
-   the later ones. `--data-on-gpu/--no-data-on-gpu` is passed only when `sjvae train --help` lists it (the
-   integration of resident_data adds it); otherwise only the default path runs and the JSON says so.
+   the later ones. Each dataset runs twice, with `--data-on-gpu` and with `--no-data-on-gpu` (on a CPU device
+   the first holds the data resident in CPU memory).
 2. `loader`: images/s of iterating the train split alone, as train.py does: the DataLoader path
    (load_dataset, RandomSampler with a seeded generator, --num-workers, each batch moved to the device) vs
    `resident_data.ResidentLoader` (decoded cache on the device, same order, seeded flips).
@@ -50,12 +50,6 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
 
-def flag_available() -> bool:
-    """Whether `sjvae train` has --data-on-gpu/--no-data-on-gpu yet."""
-    out = subprocess.run(CLI + ["train", "--help"], capture_output=True, text=True, env=_env(), timeout=300)
-    return "--data-on-gpu" in out.stdout
-
-
 def _complete_rows(path: Path) -> int:
     try:
         text = path.read_text()
@@ -64,7 +58,7 @@ def _complete_rows(path: Path) -> int:
     return max(0, text.count("\n") - 1)  # header line; a row counts once its newline is written
 
 
-def run_epochs(dataset: str, data_on_gpu, args) -> dict:
+def run_epochs(dataset: str, data_on_gpu: bool, args) -> dict:
     """One `sjvae train` process; wall time stamps of each finished epoch (a new row of log.csv)."""
     with tempfile.TemporaryDirectory(prefix="bench_epoch_") as tmp:
         run = Path(tmp) / "run"
@@ -73,8 +67,7 @@ def run_epochs(dataset: str, data_on_gpu, args) -> dict:
         for opt in ("data_root", "cache_dir", "batch_size", "train_subset", "test_subset", "num_workers"):
             if getattr(args, opt) is not None:
                 cmd += ["--" + opt.replace("_", "-"), str(getattr(args, opt))]
-        if data_on_gpu is not None:
-            cmd.append("--data-on-gpu" if data_on_gpu else "--no-data-on-gpu")
+        cmd.append("--data-on-gpu" if data_on_gpu else "--no-data-on-gpu")
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         stamps, log = [], run / "log.csv"
@@ -188,13 +181,8 @@ def main(argv=None):
             result["loader"] += bench_loader(d, args)
             print(json.dumps(result["loader"][-1]), flush=True)
     if "epoch" in args.parts:
-        has_flag = flag_available()
-        result["data_on_gpu_flag"] = has_flag
-        if not has_flag:
-            print("sjvae train has no --data-on-gpu/--no-data-on-gpu yet: timing only its default data path",
-                  flush=True)
         for d in datasets:
-            for mode in ((True, False) if has_flag else (None,)):
+            for mode in (True, False):
                 result["epoch"].append(run_epochs(d, mode, args))
                 print(json.dumps({k: v for k, v in result["epoch"][-1].items() if k != "command"}), flush=True)
     result["loadavg_1min_at_end"] = round(os.getloadavg()[0], 2)

@@ -72,6 +72,7 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 CIFAR10_TARBALL = "CIFAR-10-images.tar.gz"
 CELEBA_TRAIN_LAST, CELEBA_VALID_LAST = 162770, 182637  # official list_eval_partition boundaries
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+DOWNLOAD_HINT = ", or add --download to fetch it there (docs/download.md)"
 
 
 def dataset_spec(name: str) -> DatasetSpec:
@@ -92,7 +93,7 @@ def resolve_data_root(root=None) -> Path:
     root = Path(root or os.environ.get("SJVAE_DATA") or "data").expanduser()
     if not root.is_dir():
         raise ValueError(f"data root {str(root)!r} does not exist or is not a folder; "
-                         "pass --data-root (or set SJVAE_DATA) to the folder holding the datasets")
+                         f"pass --data-root (or set SJVAE_DATA) to the folder holding the datasets{DOWNLOAD_HINT}")
     return root
 
 
@@ -123,15 +124,20 @@ def _transform(spec: DatasetSpec, augment: bool):
     return transforms.Compose(steps)
 
 
-def load_dataset(name: str, split: str = "train", root=None, cache_dir=None, *, augment=None) -> Dataset:
+def load_dataset(name: str, split: str = "train", root=None, cache_dir=None, *, augment=None,
+                 download: bool = False) -> Dataset:
     """A Dataset of `(image [C, H, W] in [-1, 1], int label)`.
 
     split: `train` or `test` (CelebA also `valid` and `all`). augment: None gives the official choice
-    (flip on CIFAR-10 / CelebA train), True/False forces it.
+    (flip on CIFAR-10 / CelebA train), True/False forces it. download: first fetch what is missing into
+    the data root (`download.download_dataset`, docs/download.md); never done otherwise.
     """
     spec = dataset_spec(name)
     if split not in spec.splits:
         raise ValueError(f"unknown split {split!r} for {name}; choose one of {', '.join(spec.splits)}")
+    if download:
+        from .download import download_dataset
+        download_dataset(name, root)
     root = resolve_data_root(root)
     if augment is None:
         augment = split == "train" and spec.flip
@@ -145,12 +151,13 @@ def load_dataset(name: str, split: str = "train", root=None, cache_dir=None, *, 
 
 def _mnist_like(name, split, root, tf):
     cls, folder = (datasets.MNIST, "MNIST") if name == "mnist" else (datasets.FashionMNIST, "FashionMNIST")
-    prefix = "train" if split == "train" else "t10k"
-    needed = [root / folder / "raw" / f"{prefix}-{kind}-idx{d}-ubyte" for kind, d in (("images", 3), ("labels", 1))]
+    # torchvision's MNIST checks all four idx files even to read one split: require them all here
+    needed = [root / folder / "raw" / f"{prefix}-{kind}-idx{d}-ubyte" for prefix in ("train", "t10k")
+              for kind, d in (("images", 3), ("labels", 1))]
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
         raise ValueError(f"{name} not found under data root {str(root)!r}: missing {', '.join(missing)} "
-                         f"(torchvision layout {folder}/raw/ with decompressed idx files)")
+                         f"(torchvision layout {folder}/raw/ with all four decompressed idx files){DOWNLOAD_HINT}")
     return cls(str(root), train=split == "train", transform=tf, download=False)
 
 
@@ -196,7 +203,7 @@ def _cifar10(split, root, cache_dir, tf):
         raise ValueError(
             f"CIFAR-10 not found under data root {str(root)!r}: looked for cifar-10-batches-py/, "
             f"CIFAR-10-images/{split}/, cifar10/{split}/, {CIFAR10_TARBALL} and "
-            f"cifar10_jpeg_q75/{CIFAR10_TARBALL}")
+            f"cifar10_jpeg_q75/{CIFAR10_TARBALL}{DOWNLOAD_HINT}")
     tree = extract_tarball_once(tarball, resolve_cache_dir(cache_dir) / "cifar10", forbidden=root)
     return ImageFileDataset(_class_folder_samples(tree / "CIFAR-10-images" / split), tf)
 
@@ -261,7 +268,7 @@ def _celeba(split, root, tf):
     folder = next((f for f in folders if f.is_dir()), None)
     if folder is None:
         raise ValueError(f"CelebA not found under data root {str(root)!r}: looked for "
-                         + ", ".join(str(f.relative_to(root)) + "/" for f in folders))
+                         + ", ".join(str(f.relative_to(root)) + "/" for f in folders) + DOWNLOAD_HINT)
     files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
     picked = [f for f in files if split == "all" or _celeba_split(f.stem) == split]
     if not picked:

@@ -2,7 +2,9 @@
 
 Every block is weight -> norm -> neuron (default tdBN -> the paper's LIF) with T folded into the batch (a 2-D
 conv shared over time equals the reference's Conv3d with kernel (k, k, 1)). ``kernel_backend`` is our LIF
-kernel switch ("auto", "cupy", "torch"; not SpikingJelly's own ``backend``).
+kernel switch ("auto", "cupy", "torch"; not SpikingJelly's own ``backend``). ``fuse_bn_lif`` (opt-in, default
+off) runs a block's tdBN -> LIF as one ``kernels.tdbn_lif`` call that keeps less for backward; spikes, running
+statistics and gradients are unchanged.
 """
 from functools import partial
 from typing import Callable, Optional, Tuple, Union
@@ -11,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
 from .neuron import PaperLIFNode
 
 
@@ -41,17 +44,24 @@ class ThresholdDependentBatchNorm(nn.modules.batchnorm._BatchNorm):
         if x.dim() not in (3, 5):
             raise ValueError(f"tdBN expects [T, N, C] or [T, N, C, H, W], got shape {tuple(x.shape)}")
 
-    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+    @property
+    def scale(self) -> float:
+        """The fixed multiplier alpha * v_th of the weight."""
+        return self.alpha * self.v_threshold
+
+    def check_and_count(self, x_seq: torch.Tensor) -> None:
+        """Check the input's shape; in training mode count the batch (``num_batches_tracked``)."""
         self._check_input_dim(x_seq)
         if x_seq.shape[2] != self.num_features:
             raise ValueError(f"tdBN expects {self.num_features} channels at dim 2, got {tuple(x_seq.shape)}")
-        T = x_seq.shape[0]
-        scale = self.alpha * self.v_threshold
         if self.training:
             self.num_batches_tracked.add_(1)
-        y = F.batch_norm(fold(x_seq), self.running_mean, self.running_var, self.weight * scale, self.bias,
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        self.check_and_count(x_seq)
+        y = F.batch_norm(fold(x_seq), self.running_mean, self.running_var, self.weight * self.scale, self.bias,
                          self.training, self.momentum, self.eps)
-        return unfold(y, T)
+        return unfold(y, x_seq.shape[0])
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, alpha={self.alpha}, v_threshold={self.v_threshold}, eps={self.eps}"
@@ -75,12 +85,14 @@ class _TemporalBlock(nn.Module):
     ``norm_layer``: a module, a factory called with the weight's output channels, or None (no norm);
     default tdBN. ``neuron_layer``: a module, a factory called without arguments, or None (no neuron, the
     block outputs the normalised input current); default the paper's LIF. Attribute names ``weight_layer``,
-    ``bn``, ``lif`` are the state_dict keys of saved models.
+    ``bn``, ``lif`` are the state_dict keys of saved models. ``fuse_bn_lif``: run tdBN -> LIF (when the block
+    has exactly those) as one ``kernels.tdbn_lif`` call, same results, less memory kept for backward.
     """
 
     def __init__(self, weight: nn.Module, norm_layer: Norm = ThresholdDependentBatchNorm,
-                 neuron_layer: Neuron = PaperLIFNode):
+                 neuron_layer: Neuron = PaperLIFNode, *, fuse_bn_lif: bool = False):
         super().__init__()
+        self.fuse_bn_lif = bool(fuse_bn_lif)
         self.weight_layer = weight
         if norm_layer is not None and not isinstance(norm_layer, nn.Module):
             norm_layer = norm_layer(_out_channels(weight))
@@ -97,11 +109,34 @@ class _TemporalBlock(nn.Module):
             y = y0.unsqueeze(0).expand(T, *y0.shape)
         else:
             y = unfold(self.weight_layer(fold(x_seq)), T)
+        if self._fused():
+            return self._bn_lif(y)
         if self.bn is not None:
             y = self.bn(y)
         if self.lif is not None:
             y = self.lif(y)
         return y
+
+    def _fused(self) -> bool:
+        """Whether forward takes the fused tdBN + LIF path (opted in, and a block it covers exactly)."""
+        return (self.fuse_bn_lif and type(self.bn) is ThresholdDependentBatchNorm and self.bn.momentum is not None
+                and type(self.lif) is PaperLIFNode and self.lif.step_mode == "m" and not self.lif.store_v_seq)
+
+    def _bn_lif(self, y: torch.Tensor) -> torch.Tensor:
+        """``self.lif(self.bn(y))`` as one kernels.tdbn_lif call; the membrane stays in ``self.lif.v`` as
+        PaperLIFNode.multi_step_forward leaves it."""
+        bn, lif = self.bn, self.lif
+        bn.check_and_count(y)
+        sg = lif.surrogate_function
+        spikes, lif.v = kernels.tdbn_lif(
+            y, bn.weight, bn.bias, running_mean=bn.running_mean, running_var=bn.running_var, training=bn.training,
+            momentum=bn.momentum, eps=bn.eps, scale=bn.scale, decay=lif.decay, v_threshold=lif.v_threshold,
+            v_reset=lif.v_reset, centre=sg.centre, half_width=sg.half_width, v_init=lif._v_init(y[0]),
+            backend=lif.kernel_backend, return_v=True)
+        return spikes
+
+    def extra_repr(self) -> str:
+        return "fuse_bn_lif=True" if self.fuse_bn_lif else ""
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """One time step ``[N, ...] -> [N, ...]``; the neuron keeps its membrane between calls (until reset_net).
@@ -129,9 +164,9 @@ class TemporalConv2d(_TemporalBlock):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, *, stride: int = 2,
                  padding: int = 1, bn: bool = True, spike: bool = True, alpha: float = 1.0,
-                 kernel_backend: str = "auto"):
+                 kernel_backend: str = "auto", fuse_bn_lif: bool = False):
         conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding)
-        super().__init__(conv, *_parts(bn, spike, alpha, kernel_backend))
+        super().__init__(conv, *_parts(bn, spike, alpha, kernel_backend), fuse_bn_lif=fuse_bn_lif)
 
 
 class TemporalConvTranspose2d(_TemporalBlock):
@@ -139,17 +174,18 @@ class TemporalConvTranspose2d(_TemporalBlock):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, *, stride: int = 2,
                  padding: int = 1, output_padding: int = 1, bn: bool = True, spike: bool = True,
-                 alpha: float = 1.0, kernel_backend: str = "auto"):
+                 alpha: float = 1.0, kernel_backend: str = "auto", fuse_bn_lif: bool = False):
         conv = nn.ConvTranspose2d(in_channels, out_channels, kernel_size, stride, padding, output_padding)
-        super().__init__(conv, *_parts(bn, spike, alpha, kernel_backend))
+        super().__init__(conv, *_parts(bn, spike, alpha, kernel_backend), fuse_bn_lif=fuse_bn_lif)
 
 
 class TemporalLinear(_TemporalBlock):
     """Linear applied per step on ``[T, N, C]`` (reference tdLinear) -> tdBN -> LIF."""
 
     def __init__(self, in_features: int, out_features: int, *, bn: bool = True, spike: bool = True,
-                 alpha: float = 1.0, kernel_backend: str = "auto"):
-        super().__init__(nn.Linear(in_features, out_features), *_parts(bn, spike, alpha, kernel_backend))
+                 alpha: float = 1.0, kernel_backend: str = "auto", fuse_bn_lif: bool = False):
+        super().__init__(nn.Linear(in_features, out_features), *_parts(bn, spike, alpha, kernel_backend),
+                         fuse_bn_lif=fuse_bn_lif)
 
 
 class MembraneOutputLayer(nn.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from .main import main
-from .options import (data_root_option, dataset_option, device_option,
+from .options import (data_root_option, dataset_option, device_option, download_if_asked, download_option,
                       options, reports_value_errors)
 from .options import checkpoint_or_pretrained, prior_option  # --pretrained NAME, --prior learned|gmm:PATH
 
@@ -50,13 +50,15 @@ def _levels(ctx, param, value):
 @click.option("--num-examples", default=8, show_default=True, type=click.IntRange(1),
               help="Images shown in the example grid.")
 @_experiment_common
+@download_option
 @reports_value_errors
-def robustness_cmd(*, checkpoints, labels, kind, levels, out_dir, **kwargs):
+def robustness_cmd(*, checkpoints, labels, kind, levels, out_dir, download, **kwargs):
     """Decode perturbed posterior latent spikes; MSE vs original and vs clean recon. (Table II, Fig. 5)."""
     from ..experiments.robustness import DEFAULT_LEVELS, run_robustness
 
     if kind == "shuffle" and levels is not None:
         raise click.UsageError("--levels applies to --kind flip/gaussian only; the time shuffle has no level")
+    download_if_asked(download, kwargs["dataset"], kwargs["data_root"], checkpoints)
     out_dir = out_dir or "results/robustness"
     res = run_robustness(checkpoints, kind, levels or DEFAULT_LEVELS, out_dir=out_dir, labels=labels or None,
                          progress=True, **kwargs)
@@ -87,10 +89,12 @@ def robustness_cmd(*, checkpoints, labels, kind, levels, out_dir, **kwargs):
 @click.option("--no-cache", is_flag=True,
               help="Recompute the encoder features even if out-dir has them cached.")
 @_experiment_common
+@download_option
 @reports_value_errors
-def classify_cmd(*, checkpoints, labels, epochs, lr, momentum, batch_size, no_cache, out_dir, **kwargs):
+def classify_cmd(*, checkpoints, labels, epochs, lr, momentum, batch_size, no_cache, out_dir, download, **kwargs):
     """Encoder probe (Table III): an MLP L-512-256-128-10 on the frozen encoder's posterior firing rates."""
     from ..experiments.classify import ProbeOptions, run_classify
+    download_if_asked(download, kwargs["dataset"], kwargs["data_root"], checkpoints)
 
     out_dir = out_dir or "results/classify"
     probe = ProbeOptions(epochs=epochs, lr=lr, momentum=momentum, batch_size=batch_size)

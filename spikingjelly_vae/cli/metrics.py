@@ -6,8 +6,8 @@ from pathlib import Path
 import click
 
 from .main import main
-from .options import (cache_dir_option, data_root_option, dataset_option, device_option,
-                      options, reports_value_errors)
+from .options import (cache_dir_option, data_root_option, dataset_option, device_option, download_if_asked,
+                      download_option, options, reports_value_errors)
 from .options import checkpoint_or_pretrained, prior_option  # --pretrained NAME, --prior learned|gmm:PATH
 
 _PROTOCOL_HELP = ("reference: as the paper's numbers were computed (IS on unnormalised input, FAD with "
@@ -50,6 +50,7 @@ _counts = options(
               help="Comma-separated subset of mse, fid, is, fad.")
 @dataset_option("Dataset the model was trained on (default: read from the checkpoint).")
 @data_root_option()
+@download_option
 @click.option("--protocol", type=click.Choice(["reference", "standard"]), default="reference", show_default=True,
               help=_PROTOCOL_HELP)
 @click.option("--fid-mode", type=click.Choice(["clean", "fast"]), default="clean", show_default=True,
@@ -65,8 +66,9 @@ _counts = options(
                    ".eval-<protocol>.<prior>.json for a GMM prior; results/pretrained/<name>... for "
                    "--pretrained).")
 @reports_value_errors
-def evaluate_cmd(*, checkpoint, pretrained, metrics, dataset, device, output, **kwargs):
+def evaluate_cmd(*, checkpoint, pretrained, metrics, dataset, device, output, download, **kwargs):
     """Compute MSE, FID, IS and FAD of a checkpoint; print a table and write JSON."""
+    download_if_asked(download, dataset, kwargs.get("data_root"), (checkpoint,))
     from ..atomic import write_json
     from ..metrics.evaluate import evaluate_checkpoint, format_table, split_eval_kwargs
     names = tuple(m.strip().lower() for m in metrics.split(",") if m.strip())
@@ -97,6 +99,7 @@ def fad_ae():
 @fad_ae.command("train")
 @dataset_option("Dataset to train the AE on.", required=True)
 @data_root_option()
+@download_option
 @cache_dir_option("Default output is <cache>/fad_ae/ (else env SJVAE_CACHE, else ~/.cache/spikingjelly_vae).")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Output folder instead of the cache.")
@@ -110,8 +113,9 @@ def fad_ae():
 @click.option("--limit", default=None, type=click.IntRange(2), help="Use only the first N train and test images.")
 @click.option("--overwrite", is_flag=True, help="Replace files of an earlier run in the output folder.")
 @reports_value_errors
-def fad_ae_train(dataset, data_root, device, **kwargs):
+def fad_ae_train(dataset, data_root, device, download, **kwargs):
     """Train a FAD feature AE by the official recipe and write its test statistics."""
+    download_if_asked(download, dataset, data_root)
     from ..metrics.feature_ae import train_feature_ae
     from ..runtime import resolve_device
     meta = train_feature_ae(dataset, root=data_root, device=str(resolve_device(device)),

@@ -167,3 +167,26 @@ def _resolve_pretrained(names) -> tuple:
         paths.append(str(path))
         datasets.append(entry.dataset)
     return paths, datasets
+
+
+# ----------------------------------------------------------------- --download (integ-train)
+DOWNLOAD_HELP = ("Fetch the dataset into the data root (--data-root, else env SJVAE_DATA, else ./data) if it is "
+                 "missing there; see docs/download.md. Without it nothing is ever downloaded.")
+
+
+def download_option(f):
+    """--download: fetch a missing dataset into the data root the user named (docs/download.md)."""
+    return click.option("--download", is_flag=True, help=DOWNLOAD_HELP)(f)
+
+
+def download_if_asked(download: bool, dataset, data_root, checkpoints=()) -> None:
+    """With --download, fetch `dataset` (else the one the first checkpoint records) into the data root."""
+    if not download:
+        return
+    from .. import download as _download
+    if dataset is None and checkpoints:
+        from ..checkpoint import checkpoint_dataset, load_checkpoint
+        dataset = checkpoint_dataset(load_checkpoint(checkpoints[0]))
+    if dataset is None:
+        raise ValueError("--download needs the dataset: pass --dataset mnist|fashion|cifar10|celeba")
+    _download.download_dataset(dataset, data_root, log=lambda msg: click.echo(msg, err=True))

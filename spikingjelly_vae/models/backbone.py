@@ -53,12 +53,13 @@ def check_images(x, in_channels: int, image_size: int) -> None:
 class SpikingEncoder(nn.Module):
     """Conv k3 s2 p1 stages (tdBN, LIF), flatten per step, tdLinear -> L spikes x_e ``[T, N, L]``."""
 
-    def __init__(self, in_channels: int, latent_dim: int, hidden: Sequence[int], kernel_backend: str = "auto"):
+    def __init__(self, in_channels: int, latent_dim: int, hidden: Sequence[int], kernel_backend: str = "auto",
+                 fuse_bn_lif: bool = False):
         super().__init__()
         chans = (in_channels, *hidden)
-        self.convs = nn.Sequential(*[TemporalConv2d(a, b, kernel_backend=kernel_backend)
-                                     for a, b in zip(chans, chans[1:])])
-        self.before_latent = TemporalLinear(hidden[-1] * 4, latent_dim, kernel_backend=kernel_backend)
+        opts = dict(kernel_backend=kernel_backend, fuse_bn_lif=fuse_bn_lif)
+        self.convs = nn.Sequential(*[TemporalConv2d(a, b, **opts) for a, b in zip(chans, chans[1:])])
+        self.before_latent = TemporalLinear(hidden[-1] * 4, latent_dim, **opts)
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         h = self.convs(x_seq)
@@ -68,13 +69,15 @@ class SpikingEncoder(nn.Module):
 class SpikingDecoder(nn.Module):
     """tdLinear L -> C*2*2, ConvT stages (tdBN, LIF), ConvT s1 to the image, membrane readout + tanh."""
 
-    def __init__(self, out_channels: int, latent_dim: int, hidden: Sequence[int], kernel_backend: str = "auto"):
+    def __init__(self, out_channels: int, latent_dim: int, hidden: Sequence[int], kernel_backend: str = "auto",
+                 fuse_bn_lif: bool = False):
         super().__init__()
         rev = tuple(reversed(hidden))
         self.top = rev[0]
-        self.decoder_input = TemporalLinear(latent_dim, rev[0] * 4, kernel_backend=kernel_backend)
-        stages = [TemporalConvTranspose2d(a, b, kernel_backend=kernel_backend) for a, b in zip(rev, rev[1:])]
-        stages.append(TemporalConvTranspose2d(rev[-1], rev[-1], kernel_backend=kernel_backend))
+        opts = dict(kernel_backend=kernel_backend, fuse_bn_lif=fuse_bn_lif)
+        self.decoder_input = TemporalLinear(latent_dim, rev[0] * 4, **opts)
+        stages = [TemporalConvTranspose2d(a, b, **opts) for a, b in zip(rev, rev[1:])]
+        stages.append(TemporalConvTranspose2d(rev[-1], rev[-1], **opts))
         self.deconvs = nn.Sequential(*stages)
         self.to_image = TemporalConvTranspose2d(rev[-1], out_channels, stride=1, output_padding=0,
                                                 bn=False, spike=False)

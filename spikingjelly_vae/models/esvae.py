@@ -21,7 +21,8 @@ class ESVAE(SpikingBackbone):
     """ESVAE; 32x32 images by default (MNIST, Fashion-MNIST: 1 channel; CIFAR-10: 3), 64x64 (CelebA) with
     ``image_size=64`` (the builder ``esvae_large``). ``hidden``: conv channels per stage (default
     ``HIDDEN[image_size]``; a smaller tuple builds a small backbone for ``2 * 2**len(hidden)`` pixel images).
-    ``kernel_backend``: our LIF/Poisson kernel switch ("auto", "cupy", "torch").
+    ``kernel_backend``: our LIF/Poisson kernel switch ("auto", "cupy", "torch"). ``fuse_bn_lif``: run each
+    tdBN -> LIF as one fused kernel (less memory for backward, same spikes and gradients; default off).
 
     ``forward(x)`` returns ``(reconstruction, posterior_rate, prior_rate)``.
     """
@@ -30,18 +31,19 @@ class ESVAE(SpikingBackbone):
 
     def __init__(self, in_channels: int = 1, latent_dim: int = 128, T: int = 16, image_size: int = 32, *,
                  hidden: Optional[Sequence[int]] = None, mmd_lambda: float = 1e-3, half_width: float = 0.5,
-                 kernel_backend: str = "auto"):
+                 kernel_backend: str = "auto", fuse_bn_lif: bool = False):
         super().__init__()
         hidden = check_model_args(in_channels, image_size, hidden)
         self.in_channels, self.image_size, self.latent_dim, self.T = in_channels, image_size, latent_dim, int(T)
         self.mmd_lambda = float(mmd_lambda)
         self.config = dict(model=self.name, in_channels=in_channels, image_size=image_size,
                            latent_dim=latent_dim, T=int(T), hidden=list(hidden), mmd_lambda=float(mmd_lambda),
-                           half_width=float(half_width), kernel_backend=kernel_backend)
-        self.encoder = SpikingEncoder(in_channels, latent_dim, hidden, kernel_backend)
+                           half_width=float(half_width), kernel_backend=kernel_backend,
+                           fuse_bn_lif=bool(fuse_bn_lif))
+        self.encoder = SpikingEncoder(in_channels, latent_dim, hidden, kernel_backend, bool(fuse_bn_lif))
         self.latent = PoissonLatent(T=T, half_width=half_width, kernel_backend=kernel_backend)
         self.prior_layer = nn.Linear(latent_dim, latent_dim)  # the "bottleneck" (reference: sample_layer)
-        self.decoder = SpikingDecoder(in_channels, latent_dim, hidden, kernel_backend)
+        self.decoder = SpikingDecoder(in_channels, latent_dim, hidden, kernel_backend, bool(fuse_bn_lif))
 
     def prior_rate(self, n: int, generator: Optional[torch.Generator] = None,
                    device: Optional[torch.device] = None) -> torch.Tensor:

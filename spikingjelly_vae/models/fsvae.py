@@ -33,12 +33,13 @@ KLD_WEIGHT = 1e-4
 DISTANCES = ("mmd", "kld")
 
 
-def bernoulli_mlp(in_features: int, latent_dim: int, k: int, kernel_backend: str = "auto") -> nn.Sequential:
+def bernoulli_mlp(in_features: int, latent_dim: int, k: int, kernel_backend: str = "auto",
+                  fuse_bn_lif: bool = False) -> nn.Sequential:
     """The FSVAE latent MLP: in -> 2L -> 4L -> kL, each TemporalLinear -> tdBN(alpha=2) -> LIF."""
     L = latent_dim
-    return nn.Sequential(TemporalLinear(in_features, 2 * L, alpha=2.0, kernel_backend=kernel_backend),
-                         TemporalLinear(2 * L, 4 * L, alpha=2.0, kernel_backend=kernel_backend),
-                         TemporalLinear(4 * L, k * L, alpha=2.0, kernel_backend=kernel_backend))
+    opts = dict(alpha=2.0, kernel_backend=kernel_backend, fuse_bn_lif=fuse_bn_lif)
+    return nn.Sequential(TemporalLinear(in_features, 2 * L, **opts), TemporalLinear(2 * L, 4 * L, **opts),
+                         TemporalLinear(4 * L, k * L, **opts))
 
 
 def run_prefix(mlp: nn.Sequential, x_seq: torch.Tensor) -> torch.Tensor:
@@ -68,10 +69,10 @@ def pick(spikes: torch.Tensor, index: torch.Tensor, k: int) -> torch.Tensor:
 class BernoulliPosterior(nn.Module):
     """q(z_t | x_<=t, z_<t) (reference PosteriorBernoulliSTBP); ``forward(x_e)`` -> ``(z [T,N,L], q_z [T,N,L,k])``."""
 
-    def __init__(self, latent_dim: int, k: int = 20, kernel_backend: str = "auto"):
+    def __init__(self, latent_dim: int, k: int = 20, kernel_backend: str = "auto", fuse_bn_lif: bool = False):
         super().__init__()
         self.latent_dim, self.k = latent_dim, k
-        self.mlp = bernoulli_mlp(2 * latent_dim, latent_dim, k, kernel_backend)
+        self.mlp = bernoulli_mlp(2 * latent_dim, latent_dim, k, kernel_backend, fuse_bn_lif)
 
     def forward(self, x_e: torch.Tensor, generator: Optional[torch.Generator] = None):
         if self.training:
@@ -110,10 +111,10 @@ class BernoulliPosterior(nn.Module):
 class BernoulliPrior(nn.Module):
     """p(z_t | z_<t) (reference PriorBernoulliSTBP): ``forward(z)`` -> ``p_z [T,N,L,k]``; ``generate(n)``."""
 
-    def __init__(self, latent_dim: int, k: int = 20, kernel_backend: str = "auto"):
+    def __init__(self, latent_dim: int, k: int = 20, kernel_backend: str = "auto", fuse_bn_lif: bool = False):
         super().__init__()
         self.latent_dim, self.k = latent_dim, k
-        self.mlp = bernoulli_mlp(latent_dim, latent_dim, k, kernel_backend)
+        self.mlp = bernoulli_mlp(latent_dim, latent_dim, k, kernel_backend, fuse_bn_lif)
 
     def forward(self, z: torch.Tensor, sampling_prob: float = 0.0, scheduled: bool = True,
                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -157,7 +158,7 @@ class BernoulliPrior(nn.Module):
 
 class FSVAE(SpikingBackbone):
     """FSVAE; 32x32 images by default (MNIST, Fashion-MNIST: 1 channel; CIFAR-10: 3), 64x64 (CelebA) with
-    ``image_size=64`` (the builder ``fsvae_large``). ``hidden`` and ``kernel_backend`` as ESVAE's.
+    ``image_size=64`` (the builder ``fsvae_large``). ``hidden``, ``kernel_backend`` and ``fuse_bn_lif`` as ESVAE's.
 
     ``forward(x)`` returns ``(reconstruction, q_z [T,N,L,k], p_z [T,N,L,k], z [T,N,L])``; ``encode(x)`` gives the
     encoder spikes x_e and their firing rate, before the posterior network (the input of the Table III probe).
@@ -169,7 +170,7 @@ class FSVAE(SpikingBackbone):
 
     def __init__(self, in_channels: int = 1, latent_dim: int = 128, T: int = 16, image_size: int = 32, *,
                  hidden: Optional[Sequence[int]] = None, k: int = 20, scheduled: bool = True,
-                 distance: str = "mmd", kernel_backend: str = "auto"):
+                 distance: str = "mmd", kernel_backend: str = "auto", fuse_bn_lif: bool = False):
         super().__init__()
         hidden = check_model_args(in_channels, image_size, hidden)
         if distance not in DISTANCES:
@@ -181,11 +182,13 @@ class FSVAE(SpikingBackbone):
         self.sampling_prob = SCHEDULE_START
         self.config = dict(model=self.name, in_channels=in_channels, image_size=image_size,
                            latent_dim=int(latent_dim), T=int(T), hidden=list(hidden), k=int(k),
-                           scheduled=bool(scheduled), distance=distance, kernel_backend=kernel_backend)
-        self.encoder = SpikingEncoder(in_channels, latent_dim, hidden, kernel_backend)
-        self.posterior = BernoulliPosterior(latent_dim, k, kernel_backend)
-        self.prior = BernoulliPrior(latent_dim, k, kernel_backend)
-        self.decoder = SpikingDecoder(in_channels, latent_dim, hidden, kernel_backend)
+                           scheduled=bool(scheduled), distance=distance, kernel_backend=kernel_backend,
+                           fuse_bn_lif=bool(fuse_bn_lif))
+        fuse = bool(fuse_bn_lif)
+        self.encoder = SpikingEncoder(in_channels, latent_dim, hidden, kernel_backend, fuse)
+        self.posterior = BernoulliPosterior(latent_dim, k, kernel_backend, fuse)
+        self.prior = BernoulliPrior(latent_dim, k, kernel_backend, fuse)
+        self.decoder = SpikingDecoder(in_channels, latent_dim, hidden, kernel_backend, fuse)
 
     def set_epoch(self, epoch: int, max_epochs: int) -> float:
         """Scheduled-sampling probability p = 0.1 + 0.2 * epoch / max_epochs (reference update_p)."""

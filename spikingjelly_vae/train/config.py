@@ -21,6 +21,10 @@ class TrainConfig:
     model: str = "esvae"
     data_root: Optional[str] = None           # default: env SJVAE_DATA, else ./data
     cache_dir: Optional[str] = None           # default: env SJVAE_CACHE, else ~/.cache/spikingjelly_vae
+    download: bool = False                    # fetch a missing dataset into the data root first (download.py)
+    data_on_gpu: Optional[bool] = None        # whole dataset resident on the device (resident_data.py); None:
+    #                                           auto (CUDA, mnist/fashion/cifar10, fits); True on a CPU device:
+    #                                           resident on the CPU. The run records the resolved choice.
     out: Optional[str] = None                 # default: runs/<dataset>-<model>-<timestamp>
     # preset values (presets.py)
     batch_size: Optional[int] = None          # per process; under DDP the global batch is world_size x this

@@ -15,6 +15,8 @@ A run resumed from the checkpoint of epoch k therefore reproduces an uninterrupt
 from __future__ import annotations
 
 import math
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -26,7 +28,7 @@ from ..runtime import derived_seed, eval_mode, resolve_device
 from .config import TrainConfig
 from .distributed import all_sum, barrier, dist_setup, on_rank0
 from .outputs import grid_due, prepare_out, write_epoch, write_grids
-from .state import Run, setup_run
+from .state import Run, setup_run, use_resident_data
 
 __all__ = ["NonFiniteLossError", "fit", "train_step", "evaluate_loader"]
 
@@ -56,25 +58,57 @@ def _fit(config: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_e
     device = resolve_device(cfg.device, local_rank)
     if cfg.amp != "off" and device.type != "cuda":
         raise ValueError(f"--amp {cfg.amp} needs a CUDA device (got {device}); use --amp off on CPU")
+    cfg.data_on_gpu = use_resident_data(cfg, device)  # the resolved choice goes to train_config.json
     cfg.out = on_rank0(world, rank, lambda: str(prepare_out(cfg)))
     run = setup_run(cfg, Path(cfg.out), device, rank=rank, world=world)
-    metrics = {}
+    _announce(run)
+    metrics, steps_bar = {}, _steps_bar(run)
     try:
         for epoch in range(run.start_epoch, cfg.epochs):
             if run.steps_done():
                 break
-            metrics = _epoch(run, epoch)
+            metrics = _epoch(run, epoch, steps_bar=steps_bar)
             stop = bool(on_epoch_end(epoch + 1, metrics)) if on_epoch_end is not None else False
             if all_sum(torch.tensor([float(stop)]), world).item() > 0:
                 break
     finally:
+        if steps_bar is not None:
+            steps_bar.close()
         if run.writer is not None:
             run.writer.close()
     return _results(run, metrics, t_start)
 
 
-def _epoch(run: Run, epoch: int) -> dict:
-    """Train one epoch, evaluate, write the epoch's files (rank 0); returns the epoch's metrics."""
+def resume_command(out) -> str:
+    """The shell command that continues the run in `out` (its options come from train_config.json)."""
+    return f"sjvae train --resume --out {shlex.quote(str(out))}"
+
+
+def _announce(run: Run) -> None:
+    """On rank 0 with progress on: the run folder, how to resume it, and where the data is held."""
+    if not (run.is_main and run.cfg.progress):
+        return
+    data = (f"held on {run.device} ({len(run.loaders.train)} batches/epoch)" if run.cfg.data_on_gpu
+            else f"DataLoader ({len(run.loaders.train)} batches/epoch)")
+    print(f"run folder {run.out}; resume with: {resume_command(run.out)}\ndata: {run.cfg.dataset} {data}",
+          file=sys.stderr, flush=True)
+
+
+def _steps_bar(run: Run):
+    """Under --max-steps, one bar over the optimizer steps that will run ("step k/N"); else None (per-epoch
+    bars)."""
+    cfg = run.cfg
+    if cfg.max_steps is None:
+        return None
+    from tqdm.auto import tqdm
+    total = min(cfg.max_steps, cfg.epochs * len(run.loaders.train))
+    return tqdm(total=total, initial=min(run.step, total), desc=f"step {run.step}/{total}", unit="step",
+                disable=not (run.is_main and cfg.progress), dynamic_ncols=True, leave=True)
+
+
+def _epoch(run: Run, epoch: int, *, steps_bar=None) -> dict:
+    """Train one epoch, evaluate, write the epoch's files (rank 0); returns the epoch's metrics.
+    `steps_bar`: the run's step bar (under --max-steps), else each epoch shows its own bar."""
     cfg, rank = run.cfg, run.rank
     # re-seed every stream from (seed, epoch, rank): exact resume at epoch boundaries
     torch.manual_seed(derived_seed(cfg.seed, epoch, rank, "torch"))
@@ -86,7 +120,7 @@ def _epoch(run: Run, epoch: int) -> dict:
         run.model.set_epoch(epoch, cfg.epochs)
     run.model.train()
     t0 = time.time()
-    train = _train_epoch(run, epoch, model_gen)
+    train = _train_epoch(run, epoch, model_gen, steps_bar)
     epoch_seconds = time.time() - t0
     test_gen = torch.Generator(device=run.device).manual_seed(derived_seed(cfg.seed, epoch, rank, "test"))
     test = _reduce(evaluate_loader(run.model, run.loaders.test, run.device, test_gen, amp=cfg.amp), run.world)
@@ -119,17 +153,16 @@ def _write_epoch_outputs(run: Run, epoch: int, metrics: dict) -> None:
                                  epoch=epoch + 1, generator=g)
 
 
-def _train_epoch(run: Run, epoch: int, model_gen: torch.Generator) -> dict:
+def _train_epoch(run: Run, epoch: int, model_gen: torch.Generator, steps_bar=None) -> dict:
     """The optimizer steps of one epoch; returns the image count and the batch-size-weighted sums of the
     loss terms, summed over ranks."""
     from tqdm.auto import tqdm
     cfg, loader = run.cfg, run.loaders.train
-    total = len(loader) if cfg.max_steps is None else min(len(loader), cfg.max_steps - run.step)
     show = run.is_main and cfg.progress
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, total=total,
-               dynamic_ncols=True, leave=True)
+    bar = steps_bar if steps_bar is not None else tqdm(
+        total=len(loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, dynamic_ncols=True, leave=True)
     sums, seen, t0 = {"count": 0.0}, 0, time.time()
-    for x, _ in bar:
+    for x, _ in loader:
         x = x.to(run.device, non_blocking=True)
         terms, loss_value = train_step(run.net, run.model, run.optimizer, run.scaler, x, generator=model_gen,
                                        amp=cfg.amp, world=run.world)
@@ -145,11 +178,15 @@ def _train_epoch(run: Run, epoch: int, model_gen: torch.Generator) -> dict:
         for key, value in terms.items():
             sums[key] = sums.get(key, 0.0) + value.double() * n
         if show:
+            if steps_bar is not None:
+                bar.set_description_str(f"step {run.step}/{bar.total} (epoch {epoch + 1})", refresh=False)
             bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{seen * run.world / (time.time() - t0):.0f}",
                             refresh=False)
+        bar.update(1)
         if run.steps_done():
             break
-    bar.close()
+    if steps_bar is None:
+        bar.close()
     sums["count"] = float(seen)
     return _reduce(sums, run.world)
 

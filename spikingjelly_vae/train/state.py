@@ -13,17 +13,19 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subs
 from ..checkpoint import load_model
 from ..data import load_dataset
 from .config import TrainConfig, build_from_config
+from .distributed import on_rank0
 from .outputs import CsvLog, open_tensorboard, write_train_config
 
-__all__ = ["Loaders", "Run", "load_data", "make_loaders", "setup_run"]
+__all__ = ["Loaders", "Run", "load_data", "make_loaders", "setup_run", "use_resident_data"]
 
 
 @dataclass
 class Loaders:
-    """The train and test DataLoaders, the train sampler and the generator that seeds them."""
+    """The train and test loaders (DataLoaders, or ResidentLoaders for data held on the device), the train
+    sampler and the generator that seeds them."""
 
-    train: DataLoader
-    test: DataLoader
+    train: Any                              # DataLoader or ResidentLoader
+    test: Any
     sampler: Any
     generator: torch.Generator
 
@@ -62,17 +64,44 @@ class Run:
         return self.cfg.max_steps is not None and self.step >= self.cfg.max_steps
 
 
-def load_data(cfg: TrainConfig, rank: int, world: int):
-    """(train set, this rank's test shard, the grid images) with the run's subsets applied."""
-    train_set = load_dataset(cfg.dataset, "train", cfg.data_root, cfg.cache_dir)
-    test_set = load_dataset(cfg.dataset, "test", cfg.data_root, cfg.cache_dir, augment=False)
+def use_resident_data(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether the run holds its data on `device` (resident_data.py): `cfg.data_on_gpu`, or when None,
+    on a CUDA device for mnist/fashion/cifar10 if both splits fit in its free memory."""
+    from ..resident_data import RESIDENT_DATASETS, fits_on_device
+    if cfg.data_on_gpu is not None:
+        return bool(cfg.data_on_gpu)
+    return device.type == "cuda" and cfg.dataset in RESIDENT_DATASETS and fits_on_device(cfg.dataset, device)
+
+
+def _datasets(cfg: TrainConfig, device: Optional[torch.device]):
+    """(train, test) splits: `ResidentDataset`s on `device` when `cfg.data_on_gpu`, else torch Datasets."""
+    if cfg.data_on_gpu:
+        from ..resident_data import ResidentDataset
+        return tuple(ResidentDataset.load(cfg.dataset, split, root=cfg.data_root, cache_dir=cfg.cache_dir,
+                                          device=device or "cpu") for split in ("train", "test"))
+    return (load_dataset(cfg.dataset, "train", cfg.data_root, cfg.cache_dir),
+            load_dataset(cfg.dataset, "test", cfg.data_root, cfg.cache_dir, augment=False))
+
+
+def _subset(data, indices):
+    return data.subset(indices) if hasattr(data, "subset") else Subset(data, indices)
+
+
+def load_data(cfg: TrainConfig, rank: int, world: int, device: Optional[torch.device] = None):
+    """(train set, this rank's test shard, the grid images) with the run's subsets applied; resident on
+    `device` (ResidentDataset) when `cfg.data_on_gpu`, with the same subsets and shard as the Datasets.
+    With `cfg.download`, rank 0 first fetches a missing dataset into the data root."""
+    if cfg.download:
+        from ..download import download_dataset
+        on_rank0(world, rank, lambda: download_dataset(cfg.dataset, cfg.data_root))
+    train_set, test_set = _datasets(cfg, device)
     if cfg.train_subset is not None and cfg.train_subset < len(train_set):
         perm = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed))
-        train_set = Subset(train_set, perm[:cfg.train_subset].tolist())
+        train_set = _subset(train_set, perm[:cfg.train_subset].tolist())
     if cfg.test_subset is not None and cfg.test_subset < len(test_set):
-        test_set = Subset(test_set, range(cfg.test_subset))
-    grid_images = torch.stack([test_set[i][0] for i in range(min(cfg.grid_images, len(test_set)))])
-    test_shard = Subset(test_set, range(rank, len(test_set), world))
+        test_set = _subset(test_set, range(cfg.test_subset))
+    grid_images = torch.stack([test_set[i][0] for i in range(min(cfg.grid_images, len(test_set)))]).cpu()
+    test_shard = _subset(test_set, range(rank, len(test_set), world))
     if len(train_set) < cfg.batch_size * world and cfg.drop_last:
         raise ValueError(f"only {len(train_set)} training images for batch {cfg.batch_size} x {world} "
                          "processes with drop_last; lower --batch-size or use more images")
@@ -80,13 +109,21 @@ def load_data(cfg: TrainConfig, rank: int, world: int):
 
 
 def make_loaders(cfg: TrainConfig, train_set, test_set, device: torch.device, *, rank: int, world: int) -> Loaders:
-    """Shuffled train loader (a DistributedSampler under DDP) and the in-order test loader."""
+    """Shuffled train loader (a DistributedSampler under DDP) and the in-order test loader; `ResidentLoader`s
+    (same batches, same generator use) for resident datasets."""
+    from ..resident_data import ResidentDataset, ResidentLoader
     workers = cfg.num_workers if cfg.num_workers is not None else (4 if device.type == "cuda" else 0)
     generator = torch.Generator()
+    resident = isinstance(train_set, ResidentDataset)
     if world > 1:
         sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.seed, drop_last=cfg.drop_last)
     else:
-        sampler = RandomSampler(train_set, generator=generator)
+        sampler = None if resident else RandomSampler(train_set, generator=generator)
+    if resident:
+        train = ResidentLoader(train_set, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                               drop_last=cfg.drop_last, generator=generator)
+        test = ResidentLoader(test_set, batch_size=cfg.test_batch_size)
+        return Loaders(train, test, sampler, generator)
     pin = device.type == "cuda"
     train = DataLoader(train_set, cfg.batch_size, sampler=sampler, num_workers=workers,
                        drop_last=cfg.drop_last, generator=generator, pin_memory=pin)
@@ -130,7 +167,7 @@ def _optimizer(run: Run) -> None:
 
 def setup_run(cfg: TrainConfig, out: Path, device: torch.device, *, rank: int, world: int) -> Run:
     """Data, model, optimizer, loaders, DDP wrapper and (rank 0) train_config.json and the open logs."""
-    train_set, test_shard, grid_images = load_data(cfg, rank, world)
+    train_set, test_shard, grid_images = load_data(cfg, rank, world, device)
     model, model_config, ckpt = _model(cfg, out)
     model.to(device)
     run = Run(cfg, out, device, rank, world, model, model_config, ckpt, grid_images=grid_images)
