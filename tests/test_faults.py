@@ -151,7 +151,8 @@ def test_kill_between_epoch_writes_then_resume(tmp_path, point):
         assert _same_weights(full / name, cut / name), name
         assert load_checkpoint(full / name)["epoch"] == load_checkpoint(cut / name)["epoch"]
     assert sorted(p.name for p in (cut / "images").iterdir()) == sorted(p.name for p in (full / "images").iterdir())
-    assert (cut / "images" / "recon_epoch0002.png").read_bytes() == (full / "images" / "recon_epoch0002.png").read_bytes()
+    grid = Path("images") / "recon_epoch0002.png"
+    assert (cut / grid).read_bytes() == (full / grid).read_bytes()
 
 
 def test_second_writer_is_refused(ckpt, tmp_path):
@@ -171,7 +172,8 @@ def test_second_writer_is_refused(ckpt, tmp_path):
 
 # 3. a checkpoint evaluated or compared on another dataset
 def test_dataset_mismatch_refused_or_marked(ckpt, tmp_path):
-    args = ["evaluate", "--checkpoint", ckpt, "--metrics", "mse", "--mse-num", 16, "--mse-batch", 8, "--data-root", SHARED]
+    args = ["evaluate", "--checkpoint", ckpt, "--metrics", "mse", "--mse-num", 16, "--mse-batch", 8,
+            "--data-root", SHARED]
     msg = one_line_error(invoke(*args, "--dataset", "fashion", "--output", tmp_path / "x.json"))
     assert "trained on mnist" in msg and "--allow-dataset-mismatch" in msg and not (tmp_path / "x.json").exists()
     res = invoke(*args, "--dataset", "fashion", "--allow-dataset-mismatch", "--output", tmp_path / "m.json")
@@ -279,7 +281,8 @@ def test_requested_metric_unavailable_exits_nonzero(ckpt, tmp_path, metric, opti
     bad = tmp_path / "bad.pt"
     bad.write_bytes(os.urandom(256))
     out = tmp_path / "e.json"
-    res = invoke("evaluate", "--checkpoint", ckpt, "--metrics", f"mse,{metric}", option, bad, "--mse-num", 16, "--mse-batch", 8,
+    res = invoke("evaluate", "--checkpoint", ckpt, "--metrics", f"mse,{metric}", option, bad, "--mse-num", 16,
+                 "--mse-batch", 8,
                  "--num-samples", 2, "--sample-batch", 2, "--is-batch", 2, "--is-batches", 1,
                  "--data-root", SHARED, "--cache-dir", tmp_path / "cache", "--output", out)
     assert res.exit_code == 1 and "requested metrics not computed" in res.output, res.output

@@ -66,15 +66,13 @@ _counts = options(
 @click.option("--output", default=None, type=click.Path(dir_okay=False),
               help="JSON file for all numbers (default: <checkpoint>.eval-<protocol>.json beside it).")
 @_allow_mismatch
-@click.pass_context
 @reports_value_errors
-def evaluate_cmd(ctx, *, checkpoint, metrics, dataset, device, output, allow_dataset_mismatch, **kwargs):
+def evaluate_cmd(*, checkpoint, metrics, dataset, device, output, allow_dataset_mismatch, **kwargs):
     """Compute MSE, FID, IS and FAD of a checkpoint; print a table and write JSON.
 
-    Exits 1 (after writing the JSON) when a metric asked for by --metrics or by its weights option
-    could not be computed."""
-    from click.core import ParameterSource
-
+    Exits 1 (after writing the JSON) when a metric whose weights were given (--inception-weights,
+    --is-weights, --fad-dir, --fad-checkpoint) could not be computed; a metric without weights is reported
+    as unavailable."""
     from ..atomic import write_json
     from ..metrics.evaluate import evaluate_checkpoint, format_table, requested_failures, split_eval_kwargs
     names = tuple(m.strip().lower() for m in metrics.split(",") if m.strip())
@@ -88,11 +86,11 @@ def evaluate_cmd(ctx, *, checkpoint, metrics, dataset, device, output, allow_dat
     if res.get("dataset_mismatch"):
         click.echo(f"NOTE: a {res['checkpoint_dataset']} model measured on {res['dataset']} (marked in the JSON)")
     click.echo(f"wrote {write_json(out, res)}")
-    explicit = ctx.get_parameter_source("metrics") is not ParameterSource.DEFAULT
-    requested = [m for m in names if explicit or any(kwargs.get(k) for k in _METRIC_OPTIONS.get(m, ()))]
+    requested = [m for m in names if any(kwargs.get(k) for k in _METRIC_OPTIONS.get(m, ()))]
     failed = requested_failures(res, requested)
     if failed:
-        raise click.ClickException("requested metrics not computed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+        raise click.ClickException("requested metrics not computed: "
+                                   + "; ".join(f"{k}: {v}" for k, v in failed.items()))
 
 
 @main.group("fad-ae")

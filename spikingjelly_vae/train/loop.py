@@ -101,7 +101,7 @@ def _epoch(run: Run, epoch: int) -> dict:
                "images_per_s": train["count"] / epoch_seconds, "epoch_seconds": epoch_seconds}
     if not math.isfinite(metrics["test_loss"]):
         raise NonFiniteLossError(f"the test loss became {metrics['test_loss']} after epoch {epoch + 1}; "
-                                 f"stopped, {run.out / 'last.pt'} is left at epoch {epoch}. {_nan_advice(run, epoch)}")
+                                 f"stopped, {run.out / 'last.pt'} is left at epoch {epoch}. {_nan_advice(epoch)}")
     if run.is_main:
         _write_epoch_outputs(run, epoch, metrics)
     barrier(run.world)
@@ -140,7 +140,7 @@ def _train_epoch(run: Run, epoch: int, model_gen: torch.Generator) -> dict:
                     else "no checkpoint was written yet")
             raise NonFiniteLossError(
                 f"the training loss became {loss_value:.4g} at epoch {epoch + 1}, step {run.step + 1}; stopped, "
-                f"{kept}. {_nan_advice(run, epoch)}")
+                f"{kept}. {_nan_advice(epoch)}")
         n = x.shape[0]
         seen += n
         run.step += 1
@@ -156,7 +156,7 @@ def _train_epoch(run: Run, epoch: int, model_gen: torch.Generator) -> dict:
     return _reduce(sums, run.world)
 
 
-def _nan_advice(run: Run, epoch: int) -> str:
+def _nan_advice(epoch: int) -> str:
     """What to do after a NaN stop (a --resume keeps the run's options, so it would fail the same way)."""
     if not epoch:
         return "Lower --lr, use --amp off or check the data, then rerun the command (the folder is reused)"

@@ -24,7 +24,8 @@ from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..data import to_unit_range
 from ..runtime import eval_mode
 
-__all__ = ["RUN_FILES", "LOCK_FILE", "prepare_out", "release_lock", "repair_epoch", "CsvLog", "open_tensorboard", "write_train_config", "write_epoch",
+__all__ = ["RUN_FILES", "LOCK_FILE", "prepare_out", "release_lock", "repair_epoch", "CsvLog", "open_tensorboard",
+           "write_train_config", "write_epoch",
            "grid_due", "write_grids", "save_recon_grid", "save_sample_grid"]
 
 RUN_FILES = ("last.pt", "best.pt", "log.csv", "train_config.json", "images", "tb", "checkpoints")
