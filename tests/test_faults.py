@@ -139,6 +139,9 @@ def test_kill_between_epoch_writes_then_resume(tmp_path, point):
     assert proc.returncode == KILL_EXIT, proc.stderr
     assert load_checkpoint(cut / "last.pt")["epoch"] == 2 and not (cut / "images" / "recon_epoch0002.png").exists()
     assert _rows(cut) == ([1] if point.startswith("last") else [1, 2])
+    losses = [float(r["test_loss"]) for r in _log_numbers(full)]
+    assert losses[1] < losses[0]  # epoch 2 improved: after a kill at last.pt@2, best.pt must be redone
+    assert load_checkpoint(cut / "best.pt")["epoch"] == (1 if point.startswith("last") else 2)
     stale = cut / ".best.pt.k1ll3d.tmp.pt"  # what a kill during best.pt's atomic write leaves
     stale.write_bytes(os.urandom(1 << 20))
     assert (cut / ".lock").read_text().strip().isdigit()  # the dead process's lock
