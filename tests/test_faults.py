@@ -193,6 +193,18 @@ def test_dataset_mismatch_refused_or_marked(ckpt, tmp_path):
     one_line_error(invoke("compare", tmp_path / "old.json"))  # read from the checkpoint itself
 
 
+def test_compare_refuses_a_result_of_an_older_checkpoint(ckpt, tmp_path):
+    """After best.pt is redone (case 2), its old evaluate JSON no longer describes it."""
+    best = tmp_path / "best.pt"
+    shutil.copyfile(ckpt, best)
+    res = invoke("evaluate", "--checkpoint", best, "--metrics", "mse", "--mse-num", 16, "--mse-batch", 8,
+                 "--data-root", SHARED)
+    assert res.exit_code == 0, res.output
+    assert invoke("compare", tmp_path).exit_code == 0
+    torch.save({**load_checkpoint(best), "epoch": 9}, best)  # a newer best.pt
+    assert "sha256 differs" in one_line_error(invoke("compare", tmp_path))
+
+
 # 4. CIFAR-10 extraction cache keyed by content; corrupt archives never marked complete
 def _cifar_tarball(path, per_class=3):
     from PIL import Image

@@ -109,7 +109,11 @@ def load_result(path, protocol: str = "reference", which: str = "best", evaluate
     else:
         checkpoint = path
     target = _json_path(checkpoint, protocol)
-    if target.is_file():
+    stale = target.is_file() and _stale(_read_json(target), checkpoint)
+    if target.is_file() and not (stale and evaluate):
+        if stale:
+            raise ValueError(f"{target} was computed for an earlier {checkpoint} (its sha256 differs); rerun "
+                             f"`sjvae evaluate --checkpoint {checkpoint} --protocol {protocol}`, or pass --evaluate")
         return {**_read_json(target), "_path": str(target)}
     if not evaluate:
         raise ValueError(f"{checkpoint} has no {target.name}; run `sjvae evaluate --checkpoint {checkpoint} "
@@ -143,6 +147,13 @@ def check_dataset(res: dict, allow_mismatch: bool = False) -> None:
                          f"its numbers do not belong in the {res['dataset']} rows. Evaluate it on {own}, or pass "
                          "--allow-dataset-mismatch to show it marked")
     res["trained_on"] = own
+
+
+def _stale(res: dict, checkpoint: Path) -> bool:
+    """Whether an evaluate result beside `checkpoint` was computed for another version of that file."""
+    from ..atomic import sha256_file
+    recorded = res.get("checkpoint_sha256")
+    return bool(recorded) and checkpoint.is_file() and sha256_file(checkpoint) != recorded
 
 
 def _fmt(value: Optional[float]) -> str:
