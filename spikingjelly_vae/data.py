@@ -153,7 +153,7 @@ def _mnist_like(name, split, root, tf):
                          f"(torchvision layout {folder}/raw/ with decompressed idx files)")
     try:
         return cls(str(root), train=split == "train", transform=tf, download=False)
-    except (AssertionError, RuntimeError, ValueError, OSError, IndexError, KeyError) as err:  # bad idx
+    except (AssertionError, RuntimeError, ValueError, IndexError, KeyError) as err:  # corrupt idx data
         raise ValueError(f"{name} {split} files under {str(root / folder / 'raw')!r} are corrupt or truncated "
                          f"({type(err).__name__}: {err}); replace them with the original idx files") from None
 
