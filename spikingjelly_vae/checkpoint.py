@@ -41,9 +41,10 @@ def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
     except Exception as err:  # truncated zip, pickle with code, random bytes, ...
         raise CheckpointError(f"{path} is not a readable spikingjelly-vae checkpoint (truncated, corrupt or "
                               f"not saved by this package): {type(err).__name__}: {err}") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) \
+            or not isinstance(ckpt.get("config"), dict):
         raise CheckpointError(f"{path} is a torch file but not a spikingjelly-vae checkpoint (it needs the "
-                              "keys 'model' and 'config'); train one with `sjvae train`")
+                              "dicts 'model' and 'config'); train one with `sjvae train`")
     return ckpt
 
 

@@ -158,7 +158,11 @@ def _mnist_like(name, split, root, tf):
     if missing:
         raise ValueError(f"{name} not found under data root {str(root)!r}: missing {', '.join(missing)} "
                          f"(torchvision layout {folder}/raw/ with all four decompressed idx files){DOWNLOAD_HINT}")
-    return cls(str(root), train=split == "train", transform=tf, download=False)
+    try:
+        return cls(str(root), train=split == "train", transform=tf, download=False)
+    except (AssertionError, RuntimeError, ValueError, IndexError, KeyError) as err:  # corrupt idx data
+        raise ValueError(f"{name} {split} files under {str(root / folder / 'raw')!r} are corrupt or truncated "
+                         f"({type(err).__name__}: {err}); replace them with the original idx files") from None
 
 
 class ImageFileDataset(Dataset):
@@ -209,30 +213,26 @@ def _cifar10(split, root, cache_dir, tf):
 
 
 def extract_tarball_once(tarball: Path, dest: Path, forbidden: Path | None = None) -> Path:
-    """Extract `tarball` into `dest` unless a finished extraction of the same file is already there.
+    """Extract `tarball` into `dest` unless a finished extraction of the same content is already there.
 
-    A `.complete` marker holding the tarball's name and size is written last, after the extracted
-    tree has been moved into place, so an interrupted extraction is redone, never half-used.
-    `forbidden` (the data root) may not contain `dest`.
+    The cache is keyed by the tarball's sha256 (computed once per name, size and mtime, and kept in
+    `<dest>.source`). Extraction goes to a temp folder; the whole archive is read to its end (so a corrupt
+    or truncated stream fails, instead of ending early at a bad header), the files on disk are counted
+    against its members, and only then is the tree renamed into place with its `.complete` marker.
+    A corrupt archive -> ValueError naming the file. `forbidden` (the data root) may not contain `dest`.
     """
     tarball, dest = Path(tarball), Path(dest)
     if forbidden is not None and dest.resolve().is_relative_to(Path(forbidden).resolve()):
         raise ValueError(f"cache folder {str(dest)!r} lies inside the data root {str(forbidden)!r}; "
                          "pass --cache-dir (or set SJVAE_CACHE) to a folder outside it")
-    stamp = f"{tarball.name} {tarball.stat().st_size}\n"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    stamp = f"sha256 {_tarball_sha256(tarball, dest.with_name(dest.name + '.source'))}\n"
     marker = dest / ".complete"
     if marker.is_file() and marker.read_text() == stamp:
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".partial-", dir=dest.parent))
     try:
-        with tarfile.open(tarball) as tf:
-            members = tf.getmembers()
-            for m in members:  # plain files and folders with relative names only
-                parts = Path(m.name).parts
-                if not (m.isfile() or m.isdir()) or Path(m.name).is_absolute() or ".." in parts:
-                    raise ValueError(f"refusing to extract {str(tarball)!r}: unsafe member {m.name!r}")
-            tf.extractall(tmp, members=members, filter="fully_trusted")
+        _extract_checked(tarball, tmp)
         (tmp / ".complete").write_text(stamp)
         if dest.exists():
             shutil.rmtree(dest)
@@ -241,6 +241,44 @@ def extract_tarball_once(tarball: Path, dest: Path, forbidden: Path | None = Non
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def _tarball_sha256(tarball: Path, record: Path) -> str:
+    """sha256 of the tarball, reused from `record` while its name, size and mtime are unchanged."""
+    from .atomic import atomic_write_text, sha256_file
+    st = tarball.stat()
+    key = f"{tarball.resolve()} {st.st_size} {st.st_mtime_ns}"
+    if record.is_file():
+        saved_key, _, digest = record.read_text().strip().rpartition(" ")
+        if saved_key == key:
+            return digest
+    digest = sha256_file(tarball)
+    atomic_write_text(record, f"{key} {digest}\n")
+    return digest
+
+
+def _extract_checked(tarball: Path, into: Path) -> None:
+    """Extract all plain files and folders of `tarball` into `into`; ValueError if it is corrupt or unsafe."""
+    import gzip
+    import zlib
+    try:
+        with tarfile.open(tarball) as tf:
+            members = tf.getmembers()
+            for m in members:  # plain files and folders with relative names only
+                parts = Path(m.name).parts
+                if not (m.isfile() or m.isdir()) or Path(m.name).is_absolute() or ".." in parts:
+                    raise ValueError(f"refusing to extract {str(tarball)!r}: unsafe member {m.name!r}")
+            tf.extractall(into, members=members, filter="fully_trusted")
+            while tf.fileobj.read(1 << 20):  # to the end: the gzip CRC and length are checked there
+                pass
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise ValueError(f"{str(tarball)!r} is corrupt or truncated ({type(err).__name__}: {err}); "
+                         "download it again") from None
+    files = sum(1 for m in members if m.isfile())
+    on_disk = sum(1 for f in into.rglob("*") if f.is_file())
+    if not files or on_disk != files:
+        raise ValueError(f"{str(tarball)!r} is corrupt or incomplete: {on_disk} files extracted of {files} "
+                         "members; download it again")
 
 
 class _NoLabel(Dataset):

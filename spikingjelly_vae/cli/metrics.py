@@ -6,9 +6,14 @@ from pathlib import Path
 import click
 
 from .main import main
-from .options import (cache_dir_option, data_root_option, dataset_option, device_option, download_if_asked,
-                      download_option, options, reports_value_errors)
+from .options import (cache_dir_option, check_writable, data_root_option, dataset_option, device_option,
+                      download_if_asked, download_option, options, reports_value_errors)
 from .options import checkpoint_or_pretrained, prior_option  # --pretrained NAME, --prior learned|gmm:PATH
+
+_allow_mismatch = click.option("--allow-dataset-mismatch", is_flag=True,
+                               help="Allow a dataset other than the checkpoint's own; the result is marked.")
+# the weights option that makes a metric explicitly requested
+_METRIC_OPTIONS = {"fid": ("inception_weights",), "is": ("is_weights",), "fad": ("fad_dir", "fad_checkpoint")}
 
 _PROTOCOL_HELP = ("reference: as the paper's numbers were computed (IS on unnormalised input, FAD with "
                   "train-mode BN); standard: normalised IS input, eval-mode FAD. See docs/metrics.md.")
@@ -65,21 +70,37 @@ _counts = options(
               help="JSON file for all numbers (default: <checkpoint>.eval-<protocol>.json beside it, "
                    ".eval-<protocol>.<prior>.json for a GMM prior; results/pretrained/<name>... for "
                    "--pretrained).")
+@_allow_mismatch
 @reports_value_errors
-def evaluate_cmd(*, checkpoint, pretrained, metrics, dataset, device, output, download, **kwargs):
-    """Compute MSE, FID, IS and FAD of a checkpoint; print a table and write JSON."""
+def evaluate_cmd(*, checkpoint, pretrained, metrics, dataset, device, output, download, allow_dataset_mismatch,
+                 **kwargs):
+    """Compute MSE, FID, IS and FAD of a checkpoint; print a table and write JSON.
+
+    Exits 1 (after writing the JSON) when a metric whose weights were given (--inception-weights,
+    --is-weights, --fad-dir, --fad-checkpoint) could not be computed; a metric without weights is reported
+    as unavailable."""
     download_if_asked(download, dataset, kwargs.get("data_root"), (checkpoint,))
     from ..atomic import write_json
-    from ..metrics.evaluate import evaluate_checkpoint, format_table, split_eval_kwargs
+    from ..metrics.evaluate import evaluate_checkpoint, format_table, requested_failures, split_eval_kwargs
     names = tuple(m.strip().lower() for m in metrics.split(",") if m.strip())
+    check_writable(Path(output) if output else _default_output(  # before the long work
+        checkpoint, pretrained, {"protocol": kwargs["protocol"], "prior": "learned"}))
     options_, sources, _ = split_eval_kwargs(metrics=names, **kwargs)
     res = evaluate_checkpoint(checkpoint, options_, sources, dataset=dataset, device=device, progress=True,
-                              log=lambda msg: click.echo(msg, err=True))
+                              log=lambda msg: click.echo(msg, err=True),
+                              allow_dataset_mismatch=allow_dataset_mismatch)
     if pretrained:
         res["pretrained"] = pretrained
     out = Path(output) if output else _default_output(checkpoint, pretrained, res)
     click.echo(format_table(res))
+    if res.get("dataset_mismatch"):
+        click.echo(f"NOTE: a {res['checkpoint_dataset']} model measured on {res['dataset']} (marked in the JSON)")
     click.echo(f"wrote {write_json(out, res)}")
+    requested = [m for m in names if any(kwargs.get(k) for k in _METRIC_OPTIONS.get(m, ()))]
+    failed = requested_failures(res, requested)
+    if failed:
+        raise click.ClickException("requested metrics not computed: "
+                                   + "; ".join(f"{k}: {v}" for k, v in failed.items()))
 
 
 def _default_output(checkpoint, pretrained, res) -> Path:
@@ -141,21 +162,25 @@ def fad_ae_train(dataset, data_root, device, download, **kwargs):
               help="Table format printed.")
 @click.option("--output", default=None, type=click.Path(dir_okay=False),
               help="Also write every row (values, source, notes) to this JSON file.")
+@_allow_mismatch
 @data_root_option("With --evaluate: folder holding the datasets.")
 @click.option("--inception-weights", default=None, help="With --evaluate: FID Inception TorchScript file.")
 @click.option("--is-weights", default=None, help="With --evaluate: torchvision inception_v3 weights for IS.")
 @click.option("--fad-dir", default=None, help="With --evaluate: folder with the official FAD files.")
 @device_option
 @reports_value_errors
-def compare_cmd(*, paths, protocol, which, run_evaluate, all_published, fmt, output, **evaluate_kwargs):
+def compare_cmd(*, paths, protocol, which, run_evaluate, all_published, fmt, output, allow_dataset_mismatch,
+                **evaluate_kwargs):
     """Table I: published numbers beside ours, from evaluate JSONs, checkpoints or run folders (PATHS).
 
     Every cell is marked P (published) or M (measured). Without PATHS, prints the paper's table.
     """
     from ..metrics.compare import compare
+    if output:
+        check_writable(output)
     kwargs = {**evaluate_kwargs, "log": lambda msg: click.echo(msg, err=True)} if run_evaluate else {}
     res = compare(paths, protocol, which, run_evaluate, all_published=all_published, fmt=fmt, output=output,
-                  **kwargs)
+                  allow_dataset_mismatch=allow_dataset_mismatch, **kwargs)
     click.echo(res["table"], nl=False)
     if res["output"]:
         click.echo(f"wrote {res['output']}")

@@ -1,7 +1,12 @@
-"""Options shared by the `sjvae` commands, as click decorators, and the ValueError -> usage-error rule."""
+"""Options shared by the `sjvae` commands, as click decorators, and the one error path of every command:
+bad input (ValueError) -> usage error (exit 2); a file that cannot be read or written (OSError, e.g. a full
+disk or a read-only folder) -> one-line error (exit 1). The global `sjvae --debug` shows the traceback."""
 from __future__ import annotations
 
 import functools
+import os
+import tempfile
+from pathlib import Path
 
 import click
 
@@ -21,15 +26,39 @@ def options(*decorators):
     return apply
 
 
+def _debug() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.find_root().params.get("debug"))
+
+
 def reports_value_errors(f):
-    """Turn a ValueError of the Python API into a click usage error (exit code 2, message printed)."""
+    """Expected failures as one line and a non-zero exit: ValueError -> usage error (exit 2), OSError
+    (unreadable or unwritable file, full disk) -> error (exit 1); with `sjvae --debug` they propagate."""
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         try:
             return f(*args, **kwargs)
         except ValueError as e:
+            if _debug():
+                raise
             raise click.UsageError(str(e)) from None
+        except OSError as e:
+            if _debug():
+                raise
+            where = f" {e.filename}" if e.filename else ""
+            raise click.ClickException(f"cannot read or write{where}: {e.strerror or e}") from None
     return wrapper
+
+
+def check_writable(path) -> Path:
+    """Make sure a file can be created at `path` (its folder is made if needed) before long work starts;
+    OSError (as the command's one-line error) otherwise."""
+    folder = Path(path).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
+    return Path(path)
 
 
 def device_option(f):
@@ -89,7 +118,10 @@ def parse_model_opts(ctx, param, values):
 
 
 def _parse_value(raw: str):
-    low = raw.strip().lower()
+    text = raw.strip()
+    if text[:1] in ("(", "[") and text[-1:] in (")", "]"):  # a list such as hidden=(4,4,8,8) -> tuple
+        return tuple(_parse_value(v) for v in text[1:-1].split(",") if v.strip())
+    low = text.lower()
     if low in ("true", "false"):
         return low == "true"
     for kind in (int, float):

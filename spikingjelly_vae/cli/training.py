@@ -19,7 +19,8 @@ _run_folder = options(
                       "overwritten without --resume or --force."),
     click.option("--resume", is_flag=True,
                  help="Continue the run in --out from its last.pt (same optimizer state, next epoch); options not "
-                      "given again are taken from the run's train_config.json."),
+                      "given again are taken from the run's train_config.json. Only --epochs, --max-steps and "
+                      "machinery options may change; new hyper-parameters need --force or another --out."),
     click.option("--force", is_flag=True, help="Start over in an --out that holds a run, replacing its run files."),
 )
 

@@ -21,7 +21,8 @@ from typing import Dict, Iterable, List, Optional
 from ..atomic import write_json
 from ..data import DATASETS
 
-__all__ = ["PUBLISHED", "PUBLISHED_SOURCES", "METRIC_COLUMNS", "load_result", "measured_row", "published_rows",
+__all__ = ["PUBLISHED", "PUBLISHED_SOURCES", "METRIC_COLUMNS", "load_result", "check_dataset", "measured_row",
+           "published_rows",
            "build_table", "format_table", "compare"]
 
 METRIC_COLUMNS = (("mse", "Recon. loss"), ("is", "IS"), ("fid", "FID"), ("fad", "FAD"))
@@ -110,7 +111,11 @@ def load_result(path, protocol: str = "reference", which: str = "best", evaluate
     else:
         checkpoint = path
     target = _json_path(checkpoint, protocol)
-    if target.is_file():
+    stale = target.is_file() and _stale(_read_json(target), checkpoint)
+    if target.is_file() and not (stale and evaluate):
+        if stale:
+            raise ValueError(f"{target} was computed for an earlier {checkpoint} (its sha256 differs); rerun "
+                             f"`sjvae evaluate --checkpoint {checkpoint} --protocol {protocol}`, or pass --evaluate")
         return {**_read_json(target), "_path": str(target)}
     if not evaluate:
         raise ValueError(f"{checkpoint} has no {target.name}; run `sjvae evaluate --checkpoint {checkpoint} "
@@ -120,6 +125,37 @@ def load_result(path, protocol: str = "reference", which: str = "best", evaluate
     res = evaluate_checkpoint(str(checkpoint), options, sources, **rest)
     write_json(target, res)
     return {**res, "_path": str(target)}
+
+
+def trained_dataset(res: dict) -> Optional[str]:
+    """The dataset the evaluated checkpoint was trained on: the result's record, else the checkpoint's own."""
+    if "checkpoint_dataset" in res:
+        return res.get("checkpoint_dataset")
+    from ..checkpoint import CheckpointError, checkpoint_dataset, load_checkpoint
+    try:
+        return checkpoint_dataset(load_checkpoint(res.get("checkpoint", ""))) if res.get("checkpoint") else None
+    except CheckpointError:  # the checkpoint is gone or unreadable: only the result's record counts
+        return None
+
+
+def check_dataset(res: dict, allow_mismatch: bool = False) -> None:
+    """ValueError when `res` was measured on another dataset than its model was trained on (unless allowed;
+    then `res["trained_on"]` is set and its row carries a note)."""
+    own = trained_dataset(res)
+    if own is None or own == res["dataset"]:
+        return
+    if not allow_mismatch:
+        raise ValueError(f"{res.get('_path') or res.get('checkpoint')}: a {own} model measured on {res['dataset']}; "
+                         f"its numbers do not belong in the {res['dataset']} rows. Evaluate it on {own}, or pass "
+                         "--allow-dataset-mismatch to show it marked")
+    res["trained_on"] = own
+
+
+def _stale(res: dict, checkpoint: Path) -> bool:
+    """Whether an evaluate result beside `checkpoint` was computed for another version of that file."""
+    from ..atomic import sha256_file
+    recorded = res.get("checkpoint_sha256")
+    return bool(recorded) and checkpoint.is_file() and sha256_file(checkpoint) != recorded
 
 
 def _fmt(value: Optional[float]) -> str:
@@ -167,6 +203,9 @@ def measured_row(res: dict) -> dict:
         notes.append(f"{res['protocol']} metric protocol (the paper: reference)")
     if dataset == "cifar10":
         notes.append("CIFAR-10 from JPEG q75 copies here, not the original pixels")
+    if res.get("trained_on") or res.get("dataset_mismatch"):
+        notes.append(f"DATASET MISMATCH: a model trained on {res.get('trained_on') or res.get('checkpoint_dataset')} "
+                     f"measured on {dataset}")
     unavailable = {k: str(v) for k, v in (res.get("unavailable") or {}).items()}
     skipped = [label for key, label in METRIC_COLUMNS if key not in m and key not in unavailable]
     if skipped:
@@ -279,9 +318,14 @@ def format_table(rows: List[dict], fmt: str = "text") -> str:
 
 
 def compare(paths: Iterable, protocol: str = "reference", which: str = "best", evaluate: bool = False, *,
-            all_published: bool = False, fmt: str = "text", output=None, **evaluate_kwargs) -> dict:
-    """Load every path's evaluate result, build and render the table; optionally write the rows as JSON."""
+            all_published: bool = False, fmt: str = "text", output=None, allow_dataset_mismatch: bool = False,
+            **evaluate_kwargs) -> dict:
+    """Load every path's evaluate result, build and render the table; optionally write the rows as JSON.
+    A result measured on another dataset than its checkpoint's is refused (ValueError) unless
+    `allow_dataset_mismatch`; its row is then marked."""
     results = [load_result(p, protocol, which, evaluate, **evaluate_kwargs) for p in paths]
+    for res in results:
+        check_dataset(res, allow_dataset_mismatch)
     rows = build_table(results, all_published)
     table = format_table(rows, fmt)
     if output is not None:

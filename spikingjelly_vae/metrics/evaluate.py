@@ -27,7 +27,7 @@ from .resources import MetricUnavailable
 from .sources import collect, sample_batches, tensor_batches
 
 __all__ = ["METRICS", "PROTOCOLS", "EvalOptions", "EvalSources", "split_eval_kwargs", "evaluate_checkpoint",
-           "format_table"]
+           "requested_failures", "format_table"]
 
 METRICS = ("mse", "fid", "is", "fad")
 PROTOCOLS = ("reference", "standard")
@@ -108,14 +108,16 @@ class _Run:
 
 def evaluate_checkpoint(checkpoint, options: EvalOptions = EvalOptions(), sources: EvalSources = EvalSources(),
                         *, dataset: Optional[str] = None, device="auto", progress: bool = False,
-                        log: Optional[Callable[[str], None]] = None) -> dict:
+                        log: Optional[Callable[[str], None]] = None, allow_dataset_mismatch: bool = False) -> dict:
     """Compute `options.metrics` for the model in `checkpoint` (dataset: given, else the one it records);
-    returns the JSON-ready result dict."""
+    returns the JSON-ready result dict. A dataset other than the checkpoint's own is refused (ValueError)
+    unless `allow_dataset_mismatch`; the result then records `dataset_mismatch`."""
     from .. import __version__
     from ..checkpoint import checkpoint_dataset, load_model
     from ..data import DATASETS
     from ..runtime import resolve_device
     options.check()
+    _check_cache_outside_data_root(sources)
     device = resolve_device(device)
     model, ckpt = load_model(checkpoint, map_location=device)
     dataset = dataset or checkpoint_dataset(ckpt)
@@ -123,8 +125,13 @@ def evaluate_checkpoint(checkpoint, options: EvalOptions = EvalOptions(), source
         raise ValueError(f"{checkpoint} does not say which dataset it was trained on; pass --dataset")
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    own = checkpoint_dataset(ckpt)
+    if own is not None and own != dataset and not allow_dataset_mismatch:
+        raise ValueError(f"{checkpoint} was trained on {own}, not {dataset}; drop --dataset, or pass "
+                         "--allow-dataset-mismatch to measure it on another dataset (the result is marked)")
     res = {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint),
            "epoch": ckpt.get("epoch"), "model": ckpt.get("config"), "dataset": dataset,
+           "checkpoint_dataset": own, "dataset_mismatch": own is not None and own != dataset,
            "protocol": options.protocol, "seed": options.seed, "device": str(device), "metrics": {},
            "unavailable": {}, "weights": {}, "seconds": {}, "prior": "learned",
            "versions": {"spikingjelly_vae": __version__, "torch": torch.__version__,
@@ -148,6 +155,24 @@ def _use_prior(run: _Run, checkpoint) -> None:
     run.res["prior"] = run.prior.name
     run.res["prior_file"] = {"path": path, "sha256": sha256_file(path),
                              "provenance": getattr(run.prior, "provenance", {})}
+
+
+def _check_cache_outside_data_root(sources: EvalSources) -> None:
+    """ValueError when the cache folder lies inside the data root (nothing is written under the data)."""
+    import os
+    from pathlib import Path
+
+    from ..data import resolve_cache_dir
+    root = Path(sources.data_root or os.environ.get("SJVAE_DATA") or "data").expanduser()
+    cache = resolve_cache_dir(sources.cache_dir)
+    if root.is_dir() and cache.resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"cache folder {str(cache)!r} lies inside the data root {str(root)!r}; pass --cache-dir "
+                         "(or set SJVAE_CACHE) to a folder outside it")
+
+
+def requested_failures(res: dict, requested) -> dict:
+    """The metrics of `requested` that the result could not compute (name -> reason)."""
+    return {k: v for k, v in (res.get("unavailable") or {}).items() if k in set(requested)}
 
 
 def _timed(run: _Run, name: str, step: Callable) -> None:

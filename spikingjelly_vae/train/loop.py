@@ -27,7 +27,7 @@ import torch.distributed as dist
 from ..runtime import derived_seed, eval_mode, resolve_device
 from .config import TrainConfig
 from .distributed import all_sum, barrier, dist_setup, on_rank0
-from .outputs import grid_due, prepare_out, write_epoch, write_grids
+from .outputs import grid_due, prepare_out, release_lock, write_epoch, write_grids
 from .state import Run, setup_run, use_resident_data
 
 __all__ = ["NonFiniteLossError", "fit", "train_step", "evaluate_loader"]
@@ -76,6 +76,8 @@ def _fit(config: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_e
             steps_bar.close()
         if run.writer is not None:
             run.writer.close()
+        if run.is_main:
+            release_lock(run.out)
     return _results(run, metrics, t_start)
 
 
@@ -133,7 +135,7 @@ def _epoch(run: Run, epoch: int, *, steps_bar=None) -> dict:
                "images_per_s": train["count"] / epoch_seconds, "epoch_seconds": epoch_seconds}
     if not math.isfinite(metrics["test_loss"]):
         raise NonFiniteLossError(f"the test loss became {metrics['test_loss']} after epoch {epoch + 1}; "
-                                 f"stopped, {run.out / 'last.pt'} is left at epoch {epoch}")
+                                 f"stopped, {run.out / 'last.pt'} is left at epoch {epoch}. {_nan_advice(epoch)}")
     if run.is_main:
         _write_epoch_outputs(run, epoch, metrics)
     barrier(run.world)
@@ -171,7 +173,7 @@ def _train_epoch(run: Run, epoch: int, model_gen: torch.Generator, steps_bar=Non
                     else "no checkpoint was written yet")
             raise NonFiniteLossError(
                 f"the training loss became {loss_value:.4g} at epoch {epoch + 1}, step {run.step + 1}; stopped, "
-                f"{kept}. Lower --lr, use --amp off or check the data, then rerun (--resume continues)")
+                f"{kept}. {_nan_advice(epoch)}")
         n = x.shape[0]
         seen += n
         run.step += 1
@@ -189,6 +191,14 @@ def _train_epoch(run: Run, epoch: int, model_gen: torch.Generator, steps_bar=Non
         bar.close()
     sums["count"] = float(seen)
     return _reduce(sums, run.world)
+
+
+def _nan_advice(epoch: int) -> str:
+    """What to do after a NaN stop (a --resume keeps the run's options, so it would fail the same way)."""
+    if not epoch:
+        return "Lower --lr, use --amp off or check the data, then rerun the command (the folder is reused)"
+    return ("Lower --lr, use --amp off or check the data, then start over with --force or another --out "
+            "(--resume keeps the run's own --lr and would stop here again)")
 
 
 def _reduce(sums: dict, world: int) -> dict:

@@ -2,10 +2,16 @@
 `best.pt` (when the test loss improves), `checkpoints/epochNNNN.pt` (every `keep_every` epochs),
 a row of `log.csv` per epoch (and TensorBoard scalars under `tb/` if installed), and the PNG grids
 `images/recon_epochNNNN.png` (originals and reconstructions, alternate rows) and
-`images/samples_epochNNNN.png`."""
+`images/samples_epochNNNN.png`.
+
+One epoch's outputs are last.pt, best.pt, the log row and the grids, written in that order. A crash
+between them is repaired on --resume (`repair_epoch`, from last.pt). The writer holds `<out>/.lock`
+(its pid); stale temp files of an earlier crash are removed when a run starts."""
 from __future__ import annotations
 
 import csv
+import math
+import os
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -13,19 +19,32 @@ from typing import Optional
 
 import torch
 
-from ..atomic import atomic_write_text, write_json
-from ..checkpoint import save_checkpoint
+from ..atomic import atomic_write, atomic_write_text, write_json
+from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..data import to_unit_range
 from ..runtime import eval_mode
 
-__all__ = ["RUN_FILES", "prepare_out", "CsvLog", "open_tensorboard", "write_train_config", "write_epoch",
+__all__ = ["RUN_FILES", "LOCK_FILE", "prepare_out", "release_lock", "repair_epoch", "CsvLog", "open_tensorboard",
+           "write_train_config", "write_epoch",
            "grid_due", "write_grids", "save_recon_grid", "save_sample_grid"]
 
 RUN_FILES = ("last.pt", "best.pt", "log.csv", "train_config.json", "images", "tb", "checkpoints")
+LOCK_FILE = ".lock"
+KILL_EXIT = 86  # exit status of the test-only crash point below
+
+
+def kill_point(name: str, epoch: int) -> None:
+    """Test-only crash point: env SJVAE_TEST_KILL_AFTER=<name>[@<epoch>] (name: last.pt, best.pt, log.csv,
+    grids) ends the process at once (os._exit) right after that write, as a kill -9 would."""
+    want, _, at = os.environ.get("SJVAE_TEST_KILL_AFTER", "").partition("@")
+    if want == name and at in ("", str(epoch)):
+        os._exit(KILL_EXIT)
 
 
 def prepare_out(cfg) -> Path:
-    """Choose/check the run folder. Refuses to reuse a folder holding a run without --resume or --force."""
+    """Choose/check the run folder and lock it (`release_lock` frees it). Refuses to reuse a folder holding
+    a run (a finished epoch: last.pt) without --resume or --force; leftovers of a run that never finished
+    an epoch are replaced."""
     if cfg.out is None:
         if cfg.resume:
             raise ValueError("--resume needs --out <run folder> (the folder holding last.pt)")
@@ -37,26 +56,73 @@ def prepare_out(cfg) -> Path:
     else:
         out = Path(cfg.out)
     present = [name for name in RUN_FILES if (out / name).exists()]
-    if cfg.resume:
-        if not (out / "last.pt").is_file():
-            raise ValueError(f"nothing to resume in {str(out)!r}: it has no last.pt; drop --resume to start "
-                             "a new run there")
-    elif present and not cfg.force:
+    finished = (out / "last.pt").is_file() or (out / "best.pt").is_file()
+    if cfg.resume and not (out / "last.pt").is_file():
+        raise ValueError(f"nothing to resume in {str(out)!r}: it has no last.pt (no epoch finished); rerun the "
+                         "same command without --resume to start the run there (its leftovers are replaced)")
+    if finished and not cfg.resume and not cfg.force:
         raise ValueError(f"{str(out)!r} already holds a run ({', '.join(present)}); pass --resume to continue "
                          "it, --force to start over (its run files are replaced), or another --out")
-    elif present:
+    out.mkdir(parents=True, exist_ok=True)
+    _acquire_lock(out)
+    for folder in (out, out / "images", out / "checkpoints"):  # temp files of a crashed atomic write
+        for tmp in folder.glob(".*.tmp*"):
+            tmp.unlink(missing_ok=True)
+    if not cfg.resume:
         for name in present:
             path = out / name
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def _acquire_lock(out: Path) -> None:
+    """Create <out>/.lock holding our pid; a lock of a live process -> ValueError, of a dead one is taken over."""
+    path = out / LOCK_FILE
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(path)
+            if owner is not None and owner != os.getpid() and _alive(owner):
+                raise ValueError(f"run folder {str(out)!r} is in use by process {owner} (see {path}); wait for it "
+                                 "to finish or stop it, or use another --out") from None
+            path.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        return
+    raise ValueError(f"could not lock run folder {str(out)!r} (another process keeps taking {path})")
+
+
+def _lock_owner(path: Path) -> Optional[int]:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def release_lock(out: Path) -> None:
+    """Remove <out>/.lock if this process holds it."""
+    path = Path(out) / LOCK_FILE
+    if _lock_owner(path) == os.getpid():
+        path.unlink(missing_ok=True)
 
 
 class CsvLog:
     """log.csv, one row per epoch; on resume, rows after the checkpoint's epoch are dropped."""
 
     def __init__(self, path: Path, keep_through_epoch: Optional[int] = None):
-        self.path, self.fields = path, None
+        self.path, self.fields, self.last_epoch = path, None, 0
         if path.is_file():
             with path.open(newline="") as f:
                 reader = csv.DictReader(f)
@@ -64,6 +130,7 @@ class CsvLog:
                 rows = [r for r in reader if keep_through_epoch is not None and int(r["epoch"]) <= keep_through_epoch]
             buf = [",".join(self.fields)] + [",".join(r[k] for k in self.fields) for r in rows]
             atomic_write_text(path, "\n".join(buf) + "\n")
+            self.last_epoch = max((int(r["epoch"]) for r in rows), default=0)
 
     def write(self, row: dict) -> None:
         new = self.fields is None
@@ -74,6 +141,9 @@ class CsvLog:
             if new:
                 writer.writeheader()
             writer.writerow(row)
+            f.flush()
+            os.fsync(f.fileno())
+        self.last_epoch = int(row["epoch"])
 
 
 def open_tensorboard(out: Path, enabled: bool):
@@ -102,11 +172,14 @@ def write_epoch(out: Path, cfg, state: dict, *, best: float, csv_log: CsvLog, wr
     best = min(best, metrics["test_loss"])
     state = {**state, "best_test_loss": best}
     save_checkpoint(out / "last.pt", state)
+    kill_point("last.pt", epoch)
     if improved:
         save_checkpoint(out / "best.pt", state)
+        kill_point("best.pt", epoch)
     if cfg.keep_every and epoch % cfg.keep_every == 0:  # the history of a run (Fig. 7 of the paper)
         save_checkpoint(out / "checkpoints" / f"epoch{epoch:04d}.pt", state)
     csv_log.write(metrics)
+    kill_point("log.csv", epoch)
     if writer is not None:
         for key, value in metrics.items():
             if key not in ("epoch", "step"):
@@ -124,7 +197,42 @@ def write_grids(out: Path, model, images: torch.Tensor, *, n_samples: int, epoch
     """The reconstruction and sample grids of epoch `epoch` (1-based); returns their paths as text."""
     recon = save_recon_grid(model, images, out / "images" / f"recon_epoch{epoch:04d}.png", generator)
     samples = save_sample_grid(model, n_samples, out / "images" / f"samples_epoch{epoch:04d}.png", generator)
+    kill_point("grids", epoch)
     return [str(recon), str(samples)]
+
+
+def grids_missing(out: Path, epoch: int) -> bool:
+    return not all((out / "images" / f"{kind}_epoch{epoch:04d}.png").is_file() for kind in ("recon", "samples"))
+
+
+def repair_epoch(out: Path, cfg, ckpt: dict, csv_log: CsvLog) -> list:
+    """Redo what a crash after last.pt left undone for its epoch: best.pt (when last.pt's test loss beats
+    it), the kept history checkpoint and the log row. Returns what was redone (the grids: the caller)."""
+    epoch, metrics = int(ckpt["epoch"]), dict(ckpt.get("metrics") or {})
+    redone = []
+    loss = metrics.get("test_loss", math.inf)
+    if loss < _test_loss(out / "best.pt"):
+        _copy(out / "last.pt", out / "best.pt")
+        redone.append("best.pt")
+    kept = out / "checkpoints" / f"epoch{epoch:04d}.pt"
+    if cfg.keep_every and epoch % cfg.keep_every == 0 and not kept.is_file():
+        _copy(out / "last.pt", kept)
+        redone.append(str(kept.relative_to(out)))
+    if metrics and csv_log.last_epoch < epoch:
+        csv_log.write(metrics)
+        redone.append("log.csv")
+    return redone
+
+
+def _test_loss(path: Path) -> float:
+    try:
+        return float((load_checkpoint(path).get("metrics") or {}).get("test_loss", math.inf))
+    except CheckpointError:  # missing or unreadable: any finished epoch beats it
+        return math.inf
+
+
+def _copy(src: Path, dst: Path) -> None:
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 @torch.no_grad()

@@ -2,6 +2,7 @@
 run's last.pt), optimizer, data loaders, the DDP wrapper and the open log files."""
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,9 +13,17 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subs
 
 from ..checkpoint import load_model
 from ..data import load_dataset
+from ..runtime import derived_seed
 from .config import TrainConfig, build_from_config
 from .distributed import on_rank0
-from .outputs import CsvLog, open_tensorboard, write_train_config
+from .outputs import (CsvLog, grid_due, grids_missing, open_tensorboard, release_lock, repair_epoch, write_grids,
+                      write_train_config)
+
+# TrainConfig fields a --resume may change: how long, where and how fast it runs, what it logs and keeps.
+# Any other field (lr, weight decay, model options, batch, data, seed, ...) is fixed by the run's last.pt.
+RESUME_MAY_CHANGE = ("epochs", "max_steps", "data_root", "cache_dir", "out", "device", "amp", "num_workers",
+                     "resume", "force", "progress", "tensorboard", "find_unused_parameters", "grid_every",
+                     "grid_images", "keep_every", "test_batch_size", "data_on_gpu", "download")
 
 __all__ = ["Loaders", "Run", "load_data", "make_loaders", "setup_run", "use_resident_data"]
 
@@ -142,7 +151,22 @@ def _model(cfg: TrainConfig, out: Path):
     if (saved.get("dataset"), saved.get("model")) != (cfg.dataset, cfg.model):
         raise ValueError(f"{out / 'last.pt'} is a {saved.get('model')}/{saved.get('dataset')} run; "
                          f"cannot resume it as {cfg.model}/{cfg.dataset}")
+    check_resume_options(cfg, saved, out)
     return model, dict(ckpt["config"]), ckpt
+
+
+def check_resume_options(cfg: TrainConfig, saved: dict, out: Path) -> None:
+    """ValueError when a resumed run would train with other hyper-parameters than its last.pt records
+    (they would be ignored by the restored optimizer and model); names --force and another --out."""
+    def plain(value):
+        return json.loads(json.dumps(value))
+    now = plain(cfg.to_dict())
+    changed = [k for k in now if k not in RESUME_MAY_CHANGE and k in saved and plain(saved[k]) != now[k]]
+    if changed:
+        diff = ", ".join(f"{k} {saved[k]!r} -> {now[k]!r}" for k in changed)
+        raise ValueError(f"--resume continues {str(out)!r} with the options it was started with; this command "
+                         f"changes {diff}. To train with new values start over: --force (replaces the run in "
+                         "that folder) or another --out")
 
 
 def _optimizer(run: Run) -> None:
@@ -166,7 +190,17 @@ def _optimizer(run: Run) -> None:
 
 
 def setup_run(cfg: TrainConfig, out: Path, device: torch.device, *, rank: int, world: int) -> Run:
-    """Data, model, optimizer, loaders, DDP wrapper and (rank 0) train_config.json and the open logs."""
+    """Data, model, optimizer, loaders, DDP wrapper and (rank 0) train_config.json and the open logs.
+    On error rank 0 frees the run folder's lock (taken by prepare_out)."""
+    try:
+        return _setup_run(cfg, out, device, rank=rank, world=world)
+    except BaseException:
+        if rank == 0:
+            release_lock(out)
+        raise
+
+
+def _setup_run(cfg: TrainConfig, out: Path, device: torch.device, *, rank: int, world: int) -> Run:
     train_set, test_shard, grid_images = load_data(cfg, rank, world, device)
     model, model_config, ckpt = _model(cfg, out)
     model.to(device)
@@ -185,4 +219,21 @@ def setup_run(cfg: TrainConfig, out: Path, device: torch.device, *, rank: int, w
         write_train_config(out, cfg, run.model_config, world)
         run.csv_log = CsvLog(out / "log.csv", keep_through_epoch=run.start_epoch if cfg.resume else None)
         run.writer = open_tensorboard(out, cfg.tensorboard)
+        if run.ckpt is not None:
+            _repair(run)
     return run
+
+
+def _repair(run: Run) -> None:
+    """Redo the outputs of last.pt's epoch that a crash left unwritten (outputs.repair_epoch, the grids)."""
+    redone = repair_epoch(run.out, run.cfg, run.ckpt, run.csv_log)
+    epoch = run.start_epoch
+    if epoch and grid_due(run.cfg, epoch, epoch == run.cfg.epochs or run.steps_done()) \
+            and grids_missing(run.out, epoch):
+        g = torch.Generator(device=run.device).manual_seed(derived_seed(run.cfg.seed, "grid"))
+        run.grids += write_grids(run.out, run.model, run.grid_images.to(run.device), n_samples=run.cfg.grid_images,
+                                 epoch=epoch, generator=g)
+        redone.append("grids")
+    if redone:
+        print(f"resume: redid {', '.join(redone)} of epoch {epoch} from {run.out / 'last.pt'} "
+              "(an earlier run stopped before writing them)", flush=True)
