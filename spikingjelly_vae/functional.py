@@ -28,26 +28,19 @@ def poisson_fire(rate: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     return (uniform < rate).to(rate.dtype)
 
 
-def poisson_surrogate_grad(grad_output: torch.Tensor, rate: torch.Tensor, uniform: torch.Tensor,
-                           half_width: float) -> torch.Tensor:
-    """dL/dr = sum_t dL/dz_t * 1[|r - u_t| < w] / (2w)  (paper Eq. 8 with its width alpha = 2w)."""
-    inside = ((rate - uniform).abs() < half_width).to(grad_output.dtype)
-    return (grad_output * inside).sum(dim=0) / (2.0 * half_width)
+def poisson_window(rate: torch.Tensor, uniform: torch.Tensor, half_width: float) -> torch.Tensor:
+    """The surrogate's window 1[|r - u_t| < w] (bool ``[T, *rate.shape]``) of paper Eq. 8."""
+    return (rate - uniform).abs() < half_width
 
 
-class PoissonSpikeFunction(torch.autograd.Function):
-    """Forward ``poisson_fire`` (Eq. 7), backward ``poisson_surrogate_grad`` (Eq. 8); u is given."""
+def poisson_surrogate_grad(grad_output: torch.Tensor, window: torch.Tensor, height: float) -> torch.Tensor:
+    """dL/dr = height * sum_t dL/dz_t * 1[|r - u_t| < w]  (paper Eq. 8, height = 1/alpha = 1/(2w)).
 
-    @staticmethod
-    def forward(ctx, rate, uniform, half_width):
-        ctx.save_for_backward(rate, uniform)
-        ctx.half_width = half_width
-        return poisson_fire(rate, uniform)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        rate, uniform = ctx.saved_tensors
-        return poisson_surrogate_grad(grad_output, rate, uniform, ctx.half_width), None, None
+    ``window`` is :func:`poisson_window`; the sum runs over t in order, as the CUDA kernel adds."""
+    acc = torch.zeros_like(grad_output[0])
+    for t in range(grad_output.shape[0]):
+        acc.add_(torch.where(window[t], grad_output[t], 0.0))
+    return acc.mul_(height)
 
 
 def poisson_spikes(
@@ -57,9 +50,10 @@ def poisson_spikes(
 
     u_t ~ U(0, 1) is drawn fresh with ``generator``; z_t = 1[u_t < r] (Eq. 7);
     dz/dr = sum_t 1[|r - u_t| < w] / (2w) (Eq. 8; w = 0.5 gives the reference's height-1 window).
+    Runs ``kernels.poisson_sample`` (the CuPy kernel for CUDA tensors when it works, else torch).
     """
-    uniform = torch.rand((T, *rate.shape), generator=generator, device=rate.device, dtype=rate.dtype)
-    return PoissonSpikeFunction.apply(rate, uniform, float(half_width))
+    from .kernels import poisson_sample
+    return poisson_sample(rate, T, half_width, generator=generator)
 
 
 def rbf_mmd(

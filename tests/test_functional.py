@@ -66,7 +66,7 @@ def test_psp_and_firing_rate():
 
 def test_poisson_equations_7_and_8_against_loops():
     """z_t = 1[u_t < r] (Eq. 7); dL/dr = sum_t dL/dz_t 1[|r - u_t| < w] / (2w) (Eq. 8), element by element."""
-    from spikingjelly_vae.functional import poisson_fire, poisson_spikes, poisson_surrogate_grad
+    from spikingjelly_vae.functional import poisson_fire, poisson_spikes, poisson_surrogate_grad, poisson_window
 
     gen = torch.Generator().manual_seed(0)
     rate = torch.rand(3, 4, generator=gen, dtype=torch.float64)
@@ -74,7 +74,7 @@ def test_poisson_equations_7_and_8_against_loops():
     g = torch.randn(5, 3, 4, generator=gen, dtype=torch.float64)
     z = poisson_fire(rate, uniform)
     w = 0.3
-    grad = poisson_surrogate_grad(g, rate, uniform, w)
+    grad = poisson_surrogate_grad(g, poisson_window(rate, uniform, w), 1 / (2 * w))
     for i in range(3):
         for j in range(4):
             r = rate[i, j].item()

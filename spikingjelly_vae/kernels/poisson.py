@@ -8,6 +8,7 @@ Backward keeps only the window 1[|r - u_t| < w] as uint8 (1 byte per element ins
 import numpy as np
 import torch
 
+from ..functional import poisson_fire, poisson_surrogate_grad, poisson_window
 from .launch import launch, ptr
 
 
@@ -33,19 +34,14 @@ def torch_forward(rate: torch.Tensor, uniform: torch.Tensor, half_width: float, 
     w, _ = _constants(half_width, rate.dtype)
     r = rate.to(_compute_dtype(rate.dtype))
     u = uniform.to(r.dtype)
-    spikes = (u < r).to(rate.dtype)
-    window = (r - u).abs_().lt_(w).to(torch.uint8) if keep_window else None
+    spikes = poisson_fire(r, u).to(rate.dtype)
+    window = poisson_window(r, u, w).to(torch.uint8) if keep_window else None
     return spikes, window
 
 
 def torch_backward(grad_spikes: torch.Tensor, window: torch.Tensor, half_width: float, dtype: torch.dtype):
     _, height = _constants(half_width, dtype)
-    g = grad_spikes.to(_compute_dtype(dtype))
-    inside = window.bool()
-    acc = torch.zeros_like(g[0])
-    for t in range(g.shape[0]):  # sequential sum over t, as the kernel does
-        acc.add_(torch.where(inside[t], g[t], 0.0))
-    return acc.mul_(height).to(dtype)
+    return poisson_surrogate_grad(grad_spikes.to(_compute_dtype(dtype)), window.bool(), height).to(dtype)
 
 
 class PoissonTorch(torch.autograd.Function):
