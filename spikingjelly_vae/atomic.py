@@ -61,10 +61,13 @@ def write_json(path, obj) -> Path:
 _SHA_CACHE: dict = {}
 
 
-def sha256_file(path) -> str:
-    """Hex sha256 of a file (memoised on path, size and mtime)."""
+def sha256_file(path, *, cached: bool = True) -> str:
+    """Hex sha256 of a file (memoised on path, size and mtime unless ``cached=False``, as for a check
+    against tampering)."""
     st = os.stat(path)
     key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if not cached:
+        _SHA_CACHE.pop(key, None)
     if key not in _SHA_CACHE:
         h = hashlib.sha256()
         with open(path, "rb") as f:

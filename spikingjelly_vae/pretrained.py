@@ -11,7 +11,6 @@ Procedure to ship a finished schedule: docs/reproduce.md ("Shipping weights").
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from .atomic import atomic_write, atomic_write_text
+from .atomic import atomic_write, atomic_write_text, sha256_file
 
 __all__ = ["PretrainedEntry", "PretrainedError", "REGISTRY", "WEIGHTS_DIR", "status", "get_entry",
            "load_pretrained", "verified_file",
@@ -91,14 +90,6 @@ def get_entry(name: str) -> PretrainedEntry:
     return REGISTRY[name]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verified_file(name: str) -> Tuple[Path, PretrainedEntry]:
     """The weights file of an available entry, its sha256 checked, and the entry. The file is also a
     checkpoint (`checkpoint.load_model` reads it), which is how the `sjvae --pretrained` options use it."""
@@ -111,7 +102,7 @@ def verified_file(name: str) -> Tuple[Path, PretrainedEntry]:
     path = entry.path()
     if path is None or not path.is_file():
         raise PretrainedError(f"the weights file of {name!r} ({path}) is missing; reinstall the package")
-    digest = _sha256(path)
+    digest = sha256_file(path, cached=False)
     if digest != entry.sha256:
         raise PretrainedError(f"{path} does not match the sha256 of {name!r} (expected {entry.sha256}, got "
                               f"{digest}): the file is corrupt or was replaced; reinstall the package")
@@ -158,7 +149,8 @@ def export_weights(run_dir, *, name: str, dtype: str = "fp32", weights_dir=None)
     entry = PretrainedEntry(
         name=name, model=ckpt["config"]["model"], dataset=ckpt.get("dataset") or info.get("dataset"),
         status="available", epochs_total=st["epochs_total"], epochs_reached=st["epochs_done"],
-        config=dict(ckpt["config"]), file=str(out) if weights_dir else out.name, sha256=_sha256(out),
+        config=dict(ckpt["config"]), file=str(out) if weights_dir else out.name,
+        sha256=sha256_file(out, cached=False),
         dtype=dtype,
         metrics=metrics, commit=", ".join(dict.fromkeys(c.get("commit") or "?" for c in calls)) or commit(),
         command=f"sjvae reproduce --dataset {info.get('dataset')} --models {ckpt['config']['model']} "

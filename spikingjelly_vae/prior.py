@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 
 from . import __version__
-from .atomic import atomic_write
+from .atomic import atomic_write, sha256_file
 
 __all__ = ["PriorError", "RatePrior", "LearnedPrior", "GaussianMixturePrior", "GMMFit", "fit_gmm", "fit_rate_mixture",
            "posterior_rates", "fit_gmm_prior", "load_prior", "default_prior_path", "sample_images",
@@ -295,14 +295,6 @@ def posterior_rates(model, images_or_loader, *, max_images: Optional[int] = None
     return torch.cat(out)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fit_rate_mixture(rates: torch.Tensor, *, components: int = 10, covariance: str = "full", seed: int = 0,
                      eps: float = 1e-4, checkpoint=None, reg_covar: float = 1e-4, max_iter: int = 200,
                      tol: float = 1e-4, init: str = "kmeans++") -> GaussianMixturePrior:
@@ -317,7 +309,7 @@ def fit_rate_mixture(rates: torch.Tensor, *, components: int = 10, covariance: s
                   reg_covar=reg_covar, init=init)
     fit_s = time.perf_counter() - t0
     prov = {"checkpoint": str(Path(checkpoint).resolve()) if checkpoint else "",
-            "checkpoint_sha256": _sha256(Path(checkpoint)) if checkpoint else "",
+            "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else "",
             "components": int(components), "covariance": covariance, "images": int(rates.shape[0]),
             "seed": int(seed), "init": init, "reg_covar": float(reg_covar), "tol": float(tol),
             "iterations": int(fit.iterations), "converged": bool(fit.converged),
@@ -364,7 +356,7 @@ def load_prior(spec: str, model, *, checkpoint=None) -> RatePrior:
     prior = GaussianMixturePrior.load(spec[4:], latent_dim=model.latent_dim)
     if checkpoint is not None:
         fitted = prior.provenance.get("checkpoint_sha256")
-        if fitted != _sha256(Path(checkpoint)):
+        if fitted != sha256_file(checkpoint):
             raise PriorError(f"{spec[4:]} was fitted to checkpoint {prior.provenance.get('checkpoint')!r} "
                              f"(sha256 {fitted or 'not recorded'}), not to {checkpoint}; refit it")
     return prior
