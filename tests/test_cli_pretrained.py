@@ -9,6 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from spikingjelly_vae import pretrained as pt
+from spikingjelly_vae.atomic import sha256_file
 from spikingjelly_vae.cli import main
 
 SHARED = Path(os.environ.get("SJVAE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -29,7 +30,7 @@ def entry(tmp_path, tiny_model):
     torch.save({"model": model.state_dict(), "config": dict(model.config)}, path)
     e = pt.PretrainedEntry(name=NAME, model="esvae", dataset="mnist", status="available", epochs_total=1,
                            epochs_reached=1, config=dict(model.config), file=str(path),
-                           sha256=pt._sha256(path), metrics={"mse": 0.5})
+                           sha256=sha256_file(path), metrics={"mse": 0.5})
     pt.register_pretrained(e)
     yield e
     pt.REGISTRY.pop(NAME, None)
