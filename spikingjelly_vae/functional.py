@@ -1,8 +1,6 @@
 """Stateless functions of the papers, one per equation: firing rate (ESVAE Eq. 5), Poisson spike sampling and
 its gradient (Eqs. 7, 8), RBF-MMD^2 (Eq. 10); FSVAE's PSP filter and latent distances; the Gaussian KL of the
 ANN VAE baseline."""
-from typing import Optional
-
 import torch
 
 
@@ -41,19 +39,6 @@ def poisson_surrogate_grad(grad_output: torch.Tensor, window: torch.Tensor, heig
     for t in range(grad_output.shape[0]):
         acc.add_(torch.where(window[t], grad_output[t], 0.0))
     return acc.mul_(height)
-
-
-def poisson_spikes(
-    rate: torch.Tensor, T: int, half_width: float = 0.5, generator: Optional[torch.Generator] = None
-) -> torch.Tensor:
-    """Bernoulli-per-step ("Poisson") spikes ``[T, *rate.shape]`` with the reparameterised gradient (Eqs. 6-8).
-
-    u_t ~ U(0, 1) is drawn fresh with ``generator``; z_t = 1[u_t < r] (Eq. 7);
-    dz/dr = sum_t 1[|r - u_t| < w] / (2w) (Eq. 8; w = 0.5 gives the reference's height-1 window).
-    Runs ``kernels.poisson_sample`` (the CuPy kernel for CUDA tensors when it works, else torch).
-    """
-    from .kernels import poisson_sample
-    return poisson_sample(rate, T, half_width, generator=generator)
 
 
 def rbf_mmd(

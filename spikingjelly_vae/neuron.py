@@ -79,6 +79,18 @@ class PaperLIFNode(neuron.LIFNode):
                f"step_mode={self.step_mode}, kernel_backend={self.kernel_backend}"
 
 
+def poisson_spikes(
+    rate: torch.Tensor, T: int, half_width: float = 0.5, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
+    """Bernoulli-per-step ("Poisson") spikes ``[T, *rate.shape]`` with the reparameterised gradient (Eqs. 6-8).
+
+    u_t ~ U(0, 1) is drawn fresh with ``generator``; z_t = 1[u_t < r] (Eq. 7);
+    dz/dr = sum_t 1[|r - u_t| < w] / (2w) (Eq. 8; w = 0.5 gives the reference's height-1 window).
+    Runs ``kernels.poisson_sample`` (the CuPy kernel for CUDA tensors when it works, else torch).
+    """
+    return kernels.poisson_sample(rate, T, half_width, generator=generator)
+
+
 @register_neuron("poisson")
 class PoissonLatent(base.MemoryModule):
     """Reparameterisable Poisson spike sampling (ESVAE, paper Sec. III-B).

@@ -66,7 +66,8 @@ def test_psp_and_firing_rate():
 
 def test_poisson_equations_7_and_8_against_loops():
     """z_t = 1[u_t < r] (Eq. 7); dL/dr = sum_t dL/dz_t 1[|r - u_t| < w] / (2w) (Eq. 8), element by element."""
-    from spikingjelly_vae.functional import poisson_fire, poisson_spikes, poisson_surrogate_grad, poisson_window
+    from spikingjelly_vae.functional import poisson_fire, poisson_surrogate_grad, poisson_window
+    from spikingjelly_vae.neuron import poisson_spikes
 
     gen = torch.Generator().manual_seed(0)
     rate = torch.rand(3, 4, generator=gen, dtype=torch.float64)

@@ -164,7 +164,7 @@ def test_poisson_torch_path_matches_hand_loop(shape, half_width):
 
 
 def test_poisson_matches_lead_functional_and_no_grad():
-    from spikingjelly_vae.functional import poisson_spikes
+    from spikingjelly_vae.neuron import poisson_spikes
 
     rate = torch.rand(8, 32, generator=torch.Generator().manual_seed(3))
     r1, r2 = rate.clone().requires_grad_(), rate.clone().requires_grad_()

@@ -133,7 +133,7 @@ def test_poisson_cupy_equals_torch_path(dtype, half_width):
 
 
 def test_poisson_cupy_matches_lead_functional():
-    from spikingjelly_vae.functional import poisson_spikes
+    from spikingjelly_vae.neuron import poisson_spikes
 
     rate = torch.rand(64, 128, device="cuda")
     a, b = rate.clone().requires_grad_(), rate.clone().requires_grad_()

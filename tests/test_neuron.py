@@ -4,7 +4,7 @@ import torch
 from spikingjelly.activation_based import functional as sj_functional
 
 from spikingjelly_vae import PaperLIFNode, PoissonLatent, RectangleSurrogate, get_neuron
-from spikingjelly_vae.functional import poisson_spikes
+from spikingjelly_vae.neuron import poisson_spikes
 
 
 class _RefSpike(torch.autograd.Function):

@@ -330,7 +330,6 @@ def run_analysis(checkpoint, *, out_dir="results/analysis", dataset: Optional[st
     rate_prior = None if prior == "learned" else load_prior(prior, model, checkpoint=checkpoint)
     loader = image_loader(dataset, "test", root=data_root, num_images=num_images, batch_size=batch_size)
     out_dir = Path(out_dir)
-
     rates = latent_rates(model, loader, seed=seed, device=device, count_ops=True, num_raster=num_raster,
                          progress=progress, rate_prior=rate_prior)
     T = rates["T"]
