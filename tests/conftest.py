@@ -3,16 +3,24 @@
 A full-size backbone (32..256 or 32..512 channels) is only needed where the architecture itself is tested
 (parameter counts, layer lists); everything else builds these.
 """
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
 from spikingjelly_vae.models import build_model
+
+# the shared data (MNIST, FAD files, ...) beside the repository, or env SJVAE_TEST_DATA
+SHARED_DATA = Path(os.environ.get("SJVAE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 # conv channels per stage of the tiny backbones: 4 stages for 32x32 images, 5 for 64x64 (2 * 2**stages); 8x8
 # images (2 stages) where the image size does not matter (the CPU conv-transpose cost grows with the pixels)
 TINY_HIDDEN = {8: (4, 8), 32: (4, 4, 8, 8), 64: (4, 4, 8, 8, 8)}
 TINY_KWARGS = {"esvae": dict(latent_dim=8, T=4), "fsvae": dict(latent_dim=8, T=4, k=3),
                "ann-vae": dict(latent_dim=8)}
+# model options of tiny 32x32 training runs: TrainConfig(model_kwargs=TINY_RUN_OPTS) / `--model-opt hidden=4,4,8,8`
+TINY_RUN_OPTS = {"hidden": list(TINY_HIDDEN[32])}
 
 
 def tiny(name: str, in_channels: int = 1, image_size: int = 32, **kwargs) -> torch.nn.Module:
@@ -73,3 +81,30 @@ def trained_tiny_esvae():
 def adamw_steps():
     """The function ``train_steps(model, x, steps, lr, seed=0, **adamw)`` -> losses."""
     return train_steps
+
+
+@pytest.fixture(scope="session")
+def tiny_mnist_checkpoint(tmp_path_factory):
+    """Path of a checkpoint (dataset mnist, epoch 60) of a tiny ESVAE (hidden (4, 4, 8, 8), L 16, T 4) after
+    60 AdamW steps (lr 3e-3, wd 1e-3) of batch 32 on the first 1024 MNIST training images; shared, read-only."""
+    from spikingjelly_vae.checkpoint import save_checkpoint
+    from spikingjelly_vae.data import load_dataset
+
+    if not (SHARED_DATA / "MNIST").is_dir():
+        pytest.skip("shared MNIST not found")
+    torch.manual_seed(0)
+    ds = load_dataset("mnist", "train", root=SHARED_DATA)
+    x = torch.stack([ds[i][0] for i in range(1024)])
+    model = tiny("esvae", latent_dim=16)
+    opt = torch.optim.AdamW(model.param_groups(3e-3), weight_decay=1e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        batch = x[torch.randint(0, len(x), (32,), generator=g)]
+        loss = model.loss(batch, model(batch, generator=g))["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    path = tmp_path_factory.mktemp("tiny_mnist") / "esvae_tiny.pt"
+    save_checkpoint(path, {"model": model.state_dict(), "optimizer": None, "epoch": 60,
+                           "config": model.config, "metrics": {}, "dataset": "mnist"})
+    return path
