@@ -19,8 +19,6 @@ SHARED_DATA = Path(os.environ.get("SJVAE_TEST_DATA", Path(__file__).resolve().pa
 TINY_HIDDEN = {8: (4, 8), 32: (4, 4, 8, 8), 64: (4, 4, 8, 8, 8)}
 TINY_KWARGS = {"esvae": dict(latent_dim=8, T=4), "fsvae": dict(latent_dim=8, T=4, k=3),
                "ann-vae": dict(latent_dim=8)}
-# model options of tiny 32x32 training runs: TrainConfig(model_kwargs=TINY_RUN_OPTS) / `--model-opt hidden=4,4,8,8`
-TINY_RUN_OPTS = {"hidden": list(TINY_HIDDEN[32])}
 
 
 def tiny(name: str, in_channels: int = 1, image_size: int = 32, **kwargs) -> torch.nn.Module:
@@ -85,8 +83,10 @@ def adamw_steps():
 
 @pytest.fixture(scope="session")
 def tiny_mnist_checkpoint(tmp_path_factory):
-    """Path of a checkpoint (dataset mnist, epoch 60) of a tiny ESVAE (hidden (4, 4, 8, 8), L 16, T 4) after
-    60 AdamW steps (lr 3e-3, wd 1e-3) of batch 32 on the first 1024 MNIST training images; shared, read-only."""
+    """Path of a checkpoint (dataset mnist, epoch 60) of a tiny ESVAE (hidden (4, 4, 8, 8), L 16, T 4)
+    after 60 AdamW steps (lr 3e-3, wd 1e-3) of batch 32 on the first 1024 MNIST training images; shared,
+    read-only. Training runs get the same backbone with model_kwargs={"hidden": [4, 4, 8, 8]} (TrainConfig)
+    or `--model-opt hidden=4,4,8,8` (CLI)."""
     from spikingjelly_vae.checkpoint import save_checkpoint
     from spikingjelly_vae.data import load_dataset
 

@@ -1,11 +1,10 @@
-"""The three experiment commands end to end on a briefly trained tiny MNIST ESVAE (T=4, L=16, few channels)."""
+"""The three experiment commands end to end on a briefly trained tiny MNIST ESVAE (T=4, L=16, 4-8 chans)."""
 import csv
 import json
 import os
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from spikingjelly_vae.checkpoint import save_checkpoint

@@ -85,8 +85,8 @@ def parse_model_opts(ctx, param, values):
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise click.BadParameter(f"expected KEY=VALUE, got {item!r}")
-        parts = [_parse_value(p) for p in raw.split(",")] if "," in raw else None
-        numbers = parts is not None and all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in parts)
+        parts = [_parse_value(p) for p in raw.split(",")] if "," in raw else []
+        numbers = parts and all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in parts)
         opts[key.strip()] = parts if numbers else _parse_value(raw)
     return opts
 
