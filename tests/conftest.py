@@ -82,6 +82,15 @@ def adamw_steps():
 
 
 @pytest.fixture(scope="session")
+def sjvae_cache(request, tmp_path_factory):
+    """Cache folder for extracted archives and resident-data files: pytest's cache (.pytest_cache/d/, kept
+    across runs, so the 60k CIFAR-10 JPEGs are extracted once) or, under -p no:cacheprovider, a temporary
+    folder of this session."""
+    cache = getattr(request.config, "cache", None)
+    return cache.mkdir("sjvae_cache") if cache is not None else tmp_path_factory.mktemp("sjvae_cache")
+
+
+@pytest.fixture(scope="session")
 def tiny_mnist_checkpoint(tmp_path_factory):
     """Path of a checkpoint (dataset mnist, epoch 60) of a tiny ESVAE (hidden (4, 4, 8, 8), L 16, T 4)
     after 60 AdamW steps (lr 3e-3, wd 1e-3) of batch 32 on the first 1024 MNIST training images; shared,

@@ -348,8 +348,8 @@ def test_example_train_mnist_quick(tmp_path, tiny_esvae_presets):
     assert (tmp_path / "m" / "samples.png").is_file() and (tmp_path / "m" / "reconstructions.png").is_file()
 
 
-def test_example_train_cifar10_quick(tmp_path, request, tiny_esvae_presets):
-    cache = request.config.cache.mkdir("sjvae_cache")  # the extracted CIFAR-10 JPEGs, shared with test_data
+def test_example_train_cifar10_quick(tmp_path, sjvae_cache, tiny_esvae_presets):
+    cache = sjvae_cache  # the extracted CIFAR-10 JPEGs, shared with test_data
     res = _load_example("train_cifar10").main(["--quick", "--data-root", str(SHARED), "--cache-dir", str(cache),
                                                 "--out", str(tmp_path / "c"), "--device", "cpu"])
     assert res["steps"] == 3 and res["model_config"]["in_channels"] == 3 and res["model_config"]["latent_dim"] == 128
