@@ -1,4 +1,4 @@
-"""The three experiment commands end to end on a briefly trained tiny MNIST ESVAE (T=4, L=16, 4-8 chans)."""
+"""The three experiment commands end to end on a briefly trained tiny MNIST ESVAE (T=4, L=16, 8-32 chans)."""
 import csv
 import json
 import os
@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.slow,
 
 @pytest.fixture
 def tiny_mnist(tiny_mnist_checkpoint):
-    """conftest's shared tiny ESVAE (hidden (4, 4, 8, 8), L=16, T=4) after 60 steps on 1024 MNIST images."""
+    """conftest's shared small ESVAE (hidden (8, 16, 32, 32), L=16, T=4) after 60 steps on 1024 MNIST images."""
     return tiny_mnist_checkpoint
 
 
