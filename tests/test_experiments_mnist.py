@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.slow,
 
 @pytest.fixture
 def tiny_mnist(tiny_mnist_checkpoint):
-    """conftest's shared small ESVAE (hidden (8, 16, 32, 32), L=16, T=4) after 60 steps on 1024 MNIST images."""
+    """conftest's shared small ESVAE (hidden (8, 16, 32, 32), L=16, T=4), 60 steps on 1024 MNIST images."""
     return tiny_mnist_checkpoint
 
 
