@@ -3,10 +3,16 @@
 A full-size backbone (32..256 or 32..512 channels) is only needed where the architecture itself is tested
 (parameter counts, layer lists); everything else builds these.
 """
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
 from spikingjelly_vae.models import build_model
+
+# the shared data (MNIST, FAD files, ...) beside the repository, or env SJVAE_TEST_DATA
+SHARED_DATA = Path(os.environ.get("SJVAE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 # conv channels per stage of the tiny backbones: 4 stages for 32x32 images, 5 for 64x64 (2 * 2**stages); 8x8
 # images (2 stages) where the image size does not matter (the CPU conv-transpose cost grows with the pixels)
@@ -73,3 +79,43 @@ def trained_tiny_esvae():
 def adamw_steps():
     """The function ``train_steps(model, x, steps, lr, seed=0, **adamw)`` -> losses."""
     return train_steps
+
+
+@pytest.fixture(scope="session")
+def sjvae_cache(request, tmp_path_factory):
+    """Cache folder for extracted archives and resident-data files: pytest's cache (.pytest_cache/d/, kept
+    across runs, so the 60k CIFAR-10 JPEGs are extracted once) or, under -p no:cacheprovider, a temporary
+    folder of this session."""
+    cache = getattr(request.config, "cache", None)
+    return cache.mkdir("sjvae_cache") if cache is not None else tmp_path_factory.mktemp("sjvae_cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_mnist_checkpoint(tmp_path_factory):
+    """Path of a checkpoint (dataset mnist, epoch 60) of a small ESVAE (hidden (8, 16, 32, 32), L 16, T 4)
+    after 60 AdamW steps (lr 3e-3, wd 1e-3) of batch 32 on the first 1024 MNIST training images; shared,
+    read-only. Its latent rates classify 0.58 of 500 test digits (hidden (4, 4, 8, 8): 0.37, too close to the
+    0.35 bound of test_experiments_mnist). Training runs get a tiny backbone with model_kwargs={"hidden":
+    [4, 4, 8, 8]} (TrainConfig) or `--model-opt hidden=4,4,8,8` (CLI)."""
+    from spikingjelly_vae.checkpoint import save_checkpoint
+    from spikingjelly_vae.data import load_dataset
+
+    if not (SHARED_DATA / "MNIST").is_dir():
+        pytest.skip("shared MNIST not found")
+    torch.manual_seed(0)
+    ds = load_dataset("mnist", "train", root=SHARED_DATA)
+    x = torch.stack([ds[i][0] for i in range(1024)])
+    model = build_model(dict(model="esvae", in_channels=1, image_size=32, latent_dim=16, T=4,
+                             hidden=(8, 16, 32, 32)))
+    opt = torch.optim.AdamW(model.param_groups(3e-3), weight_decay=1e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        batch = x[torch.randint(0, len(x), (32,), generator=g)]
+        loss = model.loss(batch, model(batch, generator=g))["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    path = tmp_path_factory.mktemp("tiny_mnist") / "esvae_tiny.pt"
+    save_checkpoint(path, {"model": model.state_dict(), "optimizer": None, "epoch": 60,
+                           "config": model.config, "metrics": {}, "dataset": "mnist"})
+    return path

@@ -3,6 +3,7 @@ import json
 import os
 from pathlib import Path
 
+import click
 import pytest
 import torch
 from click.testing import CliRunner
@@ -13,7 +14,8 @@ from spikingjelly_vae.cli import main
 SHARED = Path(os.environ.get("SJVAE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 pytestmark = pytest.mark.skipif(not (SHARED / "MNIST").is_dir(), reason="shared data not found")
 TINY = ["--data-root", str(SHARED), "--batch-size", "16", "--T", "4", "--latent-dim", "8", "--train-subset", "64",
-        "--test-subset", "32", "--grid-images", "8", "--no-progress", "--no-tensorboard"]
+        "--test-subset", "32", "--grid-images", "8", "--no-progress", "--no-tensorboard",
+        "--model-opt", "hidden=4,4,8,8"]  # a tiny backbone (conv channels per stage)
 
 
 def invoke(*args):
@@ -37,6 +39,7 @@ def test_train_writes_run_and_resume_extends_it(run, tmp_path):
     assert res.exit_code == 0, res.output
     ckpt = torch.load(run / "last.pt", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["config"]["latent_dim"] == 8 and ckpt["train_config"]["batch_size"] == 16
+    assert ckpt["config"]["hidden"] == [4, 4, 8, 8]  # the model options come from the run too
     assert len((run / "log.csv").read_text().strip().splitlines()) == 3
     res = invoke("train", "--out", tmp_path / "none", "--resume")
     assert res.exit_code == 2 and "--resume needs --out" in res.output
@@ -51,6 +54,18 @@ def test_train_bad_input(tmp_path):
     assert res.exit_code == 2 and "KEY=VALUE" in res.output
     res = invoke("train", "--out", tmp_path / "d", *TINY, "--model-opt", "colour=3")
     assert res.exit_code == 2 and "does not accept" in res.output
+
+
+def test_model_opt_values():
+    from spikingjelly_vae.cli.options import parse_model_opts
+    opts = parse_model_opts(None, None, ["hidden=4,4,8,8", "mmd_lambda=1e-3", "k=3", "scheduled=false",
+                                         "kernel_backend=torch", "kld_weight=auto", "note=a,b", "w=0.5, 2"])
+    assert opts == {"hidden": [4, 4, 8, 8], "mmd_lambda": 1e-3, "k": 3, "scheduled": False,
+                    "kernel_backend": "torch", "kld_weight": "auto", "note": "a,b", "w": [0.5, 2]}
+    assert type(opts["k"]) is int and [type(c) for c in opts["hidden"]] == [int] * 4
+    for bad in ("oops", "=3"):
+        with pytest.raises(click.BadParameter, match="KEY=VALUE"):
+            parse_model_opts(None, None, [bad])
 
 
 def test_sample_png_and_pt(run, tmp_path):

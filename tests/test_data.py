@@ -144,9 +144,9 @@ def test_cifar_image_folder_and_flip(tmp_path):
 
 
 @needs_shared
-def test_cifar10_shared_tarball(request):
+def test_cifar10_shared_tarball(sjvae_cache):
     # the 60k-file extraction is cached across test runs in pytest's cache folder (.pytest_cache)
-    cache = request.config.cache.mkdir("sjvae_cache")
+    cache = sjvae_cache
     test = data.load_dataset("cifar10", "test", root=SHARED, cache_dir=cache)
     train = data.load_dataset("cifar10", "train", root=SHARED, cache_dir=cache)
     assert (len(train), len(test)) == (50000, 10000)

@@ -1,11 +1,10 @@
-"""The three experiment commands end to end on a briefly trained tiny MNIST ESVAE (T=4, L=16)."""
+"""The three experiment commands end to end on a briefly trained tiny MNIST ESVAE (T=4, L=16, 8-32 chans)."""
 import csv
 import json
 import os
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from spikingjelly_vae.checkpoint import save_checkpoint
@@ -16,28 +15,10 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (SHARED / "MNIST").is_dir(), reason="shared MNIST not found")]
 
 
-@pytest.fixture(scope="session")
-def tiny_mnist(tmp_path_factory):
-    """ESVAE(L=16, T=4) after 60 AdamW steps of batch 32 on the first 1024 MNIST training images."""
-    from spikingjelly_vae.data import load_dataset
-    from spikingjelly_vae.models import ESVAE
-
-    torch.manual_seed(0)
-    ds = load_dataset("mnist", "train", root=SHARED)
-    x = torch.stack([ds[i][0] for i in range(1024)])
-    model = ESVAE(1, latent_dim=16, T=4)
-    opt = torch.optim.AdamW(model.param_groups(3e-3), weight_decay=1e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(60):
-        batch = x[torch.randint(0, len(x), (32,), generator=g)]
-        loss = model.loss(batch, model(batch, generator=g))["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    path = tmp_path_factory.mktemp("tiny") / "esvae_tiny.pt"
-    save_checkpoint(path, {"model": model.state_dict(), "optimizer": None, "epoch": 60,
-                           "config": model.config, "metrics": {}, "dataset": "mnist"})
-    return path
+@pytest.fixture
+def tiny_mnist(tiny_mnist_checkpoint):
+    """conftest's shared small ESVAE (hidden (8, 16, 32, 32), L=16, T=4), 60 steps on 1024 MNIST images."""
+    return tiny_mnist_checkpoint
 
 
 def run(args):

@@ -13,11 +13,13 @@ from spikingjelly_vae.models import build_model
 SHARED = Path(os.environ.get("SJVAE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 needs_shared = pytest.mark.skipif(not (SHARED / "esvae_fad" / "stats").is_dir() or not (SHARED / "MNIST").is_dir(),
                                   reason="shared MNIST / FAD files not found")
+TINY_HIDDEN = [4, 4, 8, 8]  # conv channels of a tiny 32x32 backbone (conftest.TINY_HIDDEN[32])
 
 
 @pytest.fixture()
 def tiny_checkpoint(tmp_path):
-    model = build_model(dict(model="esvae", in_channels=1, image_size=32, latent_dim=8, T=4))
+    model = build_model(dict(model="esvae", in_channels=1, image_size=32, latent_dim=8, T=4,
+                             hidden=TINY_HIDDEN))
     path = tmp_path / "tiny.pt"
     save_checkpoint(path, {"model": model.state_dict(), "optimizer": None, "epoch": 3, "config": model.config,
                            "metrics": {}, "dataset": "mnist"})
@@ -64,7 +66,8 @@ def test_evaluate_standard_protocol_and_bad_input(tiny_checkpoint, tmp_path):
 
 
 def test_evaluate_needs_a_dataset(tmp_path):
-    model = build_model(dict(model="esvae", in_channels=1, image_size=32, latent_dim=8, T=4))
+    model = build_model(dict(model="esvae", in_channels=1, image_size=32, latent_dim=8, T=4,
+                             hidden=TINY_HIDDEN))
     path = tmp_path / "nodata.pt"
     save_checkpoint(path, {"model": model.state_dict(), "optimizer": None, "epoch": 0, "config": model.config,
                            "metrics": {}})
@@ -79,7 +82,7 @@ def test_metrics_take_any_model_through_sample_batches(cfg):
     import torch
 
     from spikingjelly_vae.metrics import compute_fad, load_fad_model, sample_batches
-    model = build_model(dict(cfg, in_channels=1, image_size=32))
+    model = build_model(dict(cfg, in_channels=1, image_size=32, hidden=TINY_HIDDEN))
     fad = load_fad_model("mnist", fad_dir=SHARED / "esvae_fad")
     a = compute_fad(sample_batches(model, 12, 6, torch.Generator().manual_seed(0)), fad)
     b = compute_fad(sample_batches(model, 12, 6, torch.Generator().manual_seed(0)), fad)

@@ -146,7 +146,8 @@ def test_reference_stats_are_cached_and_keyed_by_protocol(inception, tmp_path):
 @needs_inception
 @pytest.mark.slow
 def test_fid_sanity_train_vs_test_small_noise_large(inception, mnist):
-    n = 64  # 64 images each, clean mode: FID is biased upwards at this size, so bounds are loose
+    n = 32  # 32 images each, clean mode: FID is biased upwards at this size, so bounds are loose (measured at
+    # n = 32: train 83, noise 443; at n = 64: 67 and 435)
     test = inception_features(dataset_batches(mnist["test"], 32, n), inception, "clean")
     train = inception_features(dataset_batches(mnist["train"], 32, n), inception, "clean")
     ref = dict(zip(("mu", "sigma"), gaussian_stats(test)), count=n)

@@ -30,7 +30,7 @@ def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("table1")
     tiny = {"batch_size": 16, "latent_dim": 8, "T": 4, "train_subset": 32, "test_subset": 16,
             "grid_images": 8,
-            "epochs": 1}
+            "epochs": 1, "model_kwargs": {"hidden": [4, 4, 8, 8]}}  # a tiny backbone
     rp.reproduce(dataset="mnist", out=out, models=["esvae"], data_root=str(SHARED), device="cpu",
                  preset_overrides={"esvae": tiny}, eval_options={"metrics": ("mse",), "mse_num": 16},
                  robustness_options={"num_images": 16, "batch_size": 16}, log=lambda msg: None)

@@ -12,7 +12,7 @@ from spikingjelly_vae.checkpoint import load_checkpoint
 SHARED = Path(os.environ.get("SJVAE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 pytestmark = pytest.mark.skipif(not (SHARED / "MNIST").is_dir(), reason="shared data not found")
 TINY = {"batch_size": 16, "latent_dim": 8, "train_subset": 48, "test_subset": 16, "grid_images": 8,
-        "epochs": 3}
+        "epochs": 3, "model_kwargs": {"hidden": [4, 4, 8, 8]}}  # tiny backbones (conftest.TINY_HIDDEN[32])
 TINY_SPIKING = {**TINY, "T": 4}
 FAST_EVAL = {"num_samples": 128, "sample_batch": 64, "mse_num": 32}
 FAST_ROBUST = {"num_images": 16, "batch_size": 16, "num_examples": 2}

@@ -209,8 +209,8 @@ def test_unsupported_and_fits():
 @needs_shared
 @pytest.mark.parametrize("name,split", [("mnist", "train"), ("mnist", "test"), ("fashion", "train"),
                                         ("fashion", "test"), ("cifar10", "test")])  # cifar10 train: same code path
-def test_same_pixels_as_load_dataset(request, name, split):
-    cache = request.config.cache.mkdir("sjvae_cache")  # the CIFAR-10 extraction and decodes persist across runs
+def test_same_pixels_as_load_dataset(sjvae_cache, name, split):
+    cache = sjvae_cache  # the CIFAR-10 extraction and decodes persist across runs
     res = ResidentDataset.load(name, split, root=SHARED, cache_dir=cache)
     ref = data.load_dataset(name, split, root=SHARED, cache_dir=cache, augment=False)
     n = len(ref)
@@ -221,9 +221,9 @@ def test_same_pixels_as_load_dataset(request, name, split):
 
 
 @needs_shared
-def test_mnist_batches_equal_dataloader(request):
+def test_mnist_batches_equal_dataloader(sjvae_cache):
     """Real data, the exact train.py construction: first batches of an epoch are identical."""
-    cache = request.config.cache.mkdir("sjvae_cache")
+    cache = sjvae_cache
     ref = Subset(data.load_dataset("mnist", "train", root=SHARED), range(0, 60000, 50))
     res = ResidentDataset.load("mnist", "train", root=SHARED, cache_dir=cache).subset(range(0, 60000, 50))
     g_ref, g_res = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)

@@ -19,8 +19,9 @@ from spikingjelly_vae.checkpoint import CheckpointError, load_checkpoint, load_m
 
 SHARED = Path(os.environ.get("SJVAE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 pytestmark = pytest.mark.skipif(not (SHARED / "MNIST").is_dir(), reason="shared data not found")
+TINY_HIDDEN = [4, 4, 8, 8]  # conv channels of a tiny 32x32 backbone (conftest.TINY_HIDDEN[32])
 TINY = dict(dataset="mnist", data_root=str(SHARED), batch_size=16, T=4, latent_dim=8, train_subset=64,
-            test_subset=32, grid_images=8, tensorboard=False, progress=False)
+            test_subset=32, grid_images=8, tensorboard=False, progress=False, model_kwargs={"hidden": TINY_HIDDEN})
 
 
 def tiny(out, **kw):
@@ -331,15 +332,24 @@ def _load_example(name):
     return module
 
 
-def test_example_train_mnist_quick(tmp_path):
+@pytest.fixture
+def tiny_esvae_presets(monkeypatch):
+    """The examples train with the presets; here their ESVAE rows build a tiny backbone (T 4) instead."""
+    for key in (("esvae", "mnist"), ("esvae", "cifar10")):
+        row = presets.get_preset(*key)
+        row["model"] = {**row["model"], "T": 4, "hidden": TINY_HIDDEN}
+        monkeypatch.setitem(presets.PRESETS, key, row)
+
+
+def test_example_train_mnist_quick(tmp_path, tiny_esvae_presets):
     res = _load_example("train_mnist").main(["--quick", "--data-root", str(SHARED), "--out", str(tmp_path / "m"),
                                               "--device", "cpu"])
     assert res["steps"] == 5 and res["metrics"]["test_images"] == 32
     assert (tmp_path / "m" / "samples.png").is_file() and (tmp_path / "m" / "reconstructions.png").is_file()
 
 
-def test_example_train_cifar10_quick(tmp_path, request):
-    cache = request.config.cache.mkdir("sjvae_cache")  # the extracted CIFAR-10 JPEGs, shared with test_data
+def test_example_train_cifar10_quick(tmp_path, sjvae_cache, tiny_esvae_presets):
+    cache = sjvae_cache  # the extracted CIFAR-10 JPEGs, shared with test_data
     res = _load_example("train_cifar10").main(["--quick", "--data-root", str(SHARED), "--cache-dir", str(cache),
                                                 "--out", str(tmp_path / "c"), "--device", "cpu"])
     assert res["steps"] == 3 and res["model_config"]["in_channels"] == 3 and res["model_config"]["latent_dim"] == 128

@@ -107,13 +107,16 @@ def checkpoints_option(help: str):
 
 
 def parse_model_opts(ctx, param, values):
-    """--model-opt KEY=VALUE -> dict, VALUE parsed as int, float, true/false, or kept as text."""
+    """--model-opt KEY=VALUE -> dict, VALUE parsed as int, float, true/false, a list of numbers when it
+    holds commas (hidden=4,4,8,8 -> [4, 4, 8, 8]), or kept as text."""
     opts = {}
     for item in values:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise click.BadParameter(f"expected KEY=VALUE, got {item!r}")
-        opts[key.strip()] = _parse_value(raw)
+        parts = [_parse_value(p) for p in raw.split(",")] if "," in raw else []
+        numbers = parts and all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in parts)
+        opts[key.strip()] = parts if numbers else _parse_value(raw)
     return opts
 
 
