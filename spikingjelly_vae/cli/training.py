@@ -43,7 +43,8 @@ _preset = options(
     click.option("--lambda", "mmd_lambda", type=click.FloatRange(0), default=None,
                  help="ESVAE: weight of the MMD term in the loss [preset: 0.001]."),
     click.option("--model-opt", "model_opts", multiple=True, callback=parse_model_opts, metavar="KEY=VALUE",
-                 help="Other model-builder option, e.g. kernel_backend=torch or half_width=0.5; repeatable."),
+                 help="Other model-builder option, e.g. kernel_backend=torch, half_width=0.5, "
+                      "hidden=4,4,8,8 (a list) or fuse_bn_lif=true; repeatable."),
     click.option("--drop-last/--keep-last", default=None,
                  help="Drop the last incomplete training batch [preset: official, on for Fashion-MNIST, CIFAR-10]."),
 )
