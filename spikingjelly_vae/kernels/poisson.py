@@ -44,20 +44,6 @@ def torch_backward(grad_spikes: torch.Tensor, window: torch.Tensor, half_width: 
     return poisson_surrogate_grad(grad_spikes.to(_compute_dtype(dtype)), window.bool(), height).to(dtype)
 
 
-class PoissonTorch(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, rate, uniform, half_width):
-        spikes, window = torch_forward(rate, uniform, half_width, keep_window=True)
-        ctx.half_width, ctx.dtype = half_width, rate.dtype
-        ctx.save_for_backward(window)
-        return spikes
-
-    @staticmethod
-    def backward(ctx, grad_spikes):
-        (window,) = ctx.saved_tensors
-        return torch_backward(grad_spikes, window, ctx.half_width, ctx.dtype), None, None
-
-
 def cupy_forward(rate: torch.Tensor, uniform: torch.Tensor, half_width: float, keep_window: bool):
     w, _ = _constants(half_width)
     r = rate.contiguous()
@@ -80,15 +66,26 @@ def cupy_backward(grad_spikes: torch.Tensor, window: torch.Tensor, half_width: f
     return grad_rate
 
 
-class PoissonCuPy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, rate, uniform, half_width):
-        spikes, window = cupy_forward(rate, uniform, half_width, keep_window=True)
+class _PoissonFunction(torch.autograd.Function):
+    """Spikes (Eq. 7) from (rate, uniform draws), keeping the uint8 window for the Eq. 8 gradient;
+    subclasses pick the forward/backward pair."""
+
+    @classmethod
+    def forward(cls, ctx, rate, uniform, half_width):
+        spikes, window = cls.run_forward(rate, uniform, half_width, keep_window=True)
         ctx.half_width, ctx.dtype = half_width, rate.dtype
         ctx.save_for_backward(window)
         return spikes
 
-    @staticmethod
-    def backward(ctx, grad_spikes):
+    @classmethod
+    def backward(cls, ctx, grad_spikes):
         (window,) = ctx.saved_tensors
-        return cupy_backward(grad_spikes, window, ctx.half_width, ctx.dtype), None, None
+        return cls.run_backward(grad_spikes, window, ctx.half_width, ctx.dtype), None, None
+
+
+class PoissonTorch(_PoissonFunction):
+    run_forward, run_backward = staticmethod(torch_forward), staticmethod(torch_backward)
+
+
+class PoissonCuPy(_PoissonFunction):
+    run_forward, run_backward = staticmethod(cupy_forward), staticmethod(cupy_backward)
