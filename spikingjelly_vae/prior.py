@@ -198,7 +198,10 @@ class GaussianMixturePrior(RatePrior):
         return mu[k] + (scale[k] @ e.unsqueeze(-1)).squeeze(-1)
 
     def sample_rates(self, n, *, generator=None, device=None):
-        return torch.sigmoid(self.sample_logits(n, generator=generator, device=device)).float()
+        """sigmoid(y) clamped to [eps, 1 - eps], the range of the fitted rates (so a float32 rate is never
+        exactly 0 or 1, which a far tail draw would otherwise round to)."""
+        y = self.sample_logits(n, generator=generator, device=device)
+        return torch.sigmoid(y).clamp(self.eps, 1 - self.eps).float()
 
     def log_prob_logits(self, y: torch.Tensor) -> torch.Tensor:
         """log p(y) [N] of logit-space points under the mixture."""
