@@ -24,9 +24,9 @@ import torch
 from . import __version__
 from .atomic import atomic_write
 
-__all__ = ["PriorError", "RatePrior", "LearnedPrior", "GaussianMixturePrior", "GMMFit", "fit_gmm", "fit_rate_mixture",
-           "posterior_rates", "fit_gmm_prior", "load_prior", "default_prior_path", "sample_images",
-           "prior_batches"]
+__all__ = ["PriorError", "RatePrior", "LearnedPrior", "GaussianMixturePrior", "GMMFit", "fit_gmm",
+           "fit_rate_mixture", "posterior_rates", "fit_gmm_prior", "load_prior", "default_prior_path",
+           "sample_images", "prior_batches"]
 
 FORMAT = "spikingjelly_vae.gmm_prior"
 FORMAT_VERSION = 1
@@ -42,7 +42,8 @@ def _check_esvae(model) -> None:
     from .models.esvae import ESVAE
     if not isinstance(model, ESVAE):
         raise PriorError(f"rate priors apply to ESVAE only (its latent is Poisson firing rates); got "
-                         f"{type(model).__name__}. FSVAE and the ANN VAE have no rate prior: use model.sample")
+                         f"{type(model).__name__}. FSVAE and the ANN VAE have no rate prior: use "
+                         "model.sample")
 
 
 class RatePrior:
@@ -71,7 +72,7 @@ class LearnedPrior(RatePrior):
 
 @dataclass
 class GMMFit:
-    """Result of ``fit_gmm``: mixture weights [K], means [K, D], covariances [K, D, D] (full) or [K, D] (diag)."""
+    """Result of ``fit_gmm``: weights [K], means [K, D], covariances [K, D, D] (full) or [K, D] (diag)."""
     weights: torch.Tensor
     means: torch.Tensor
     covariances: torch.Tensor
@@ -379,7 +380,8 @@ def sample_images(model, n: int, *, prior: RatePrior, generator: Optional[torch.
     the rate source swapped; with LearnedPrior it is ``model.sample`` draw for draw)."""
     _check_esvae(model)
     if prior.latent_dim != model.latent_dim:
-        raise PriorError(f"the prior draws {prior.latent_dim} rates, the model's latent has {model.latent_dim}")
+        raise PriorError(f"the prior draws {prior.latent_dim} rates, the model's latent has "
+                         f"{model.latent_dim}")
     device = next(model.parameters()).device
     rates = prior.sample_rates(n, generator=generator, device=device).to(model.prior_layer.weight.dtype)
     return model.decode(model.latent(rates, generator=generator))

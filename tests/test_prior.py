@@ -205,7 +205,8 @@ def test_bad_mixtures_refused():
         GaussianMixturePrior(torch.tensor([0.5, 0.6]), torch.zeros(2, 2), torch.ones(2, 2), covariance="diag",
                              eps=0.1)
     with pytest.raises(PriorError, match="positive definite"):
-        GaussianMixturePrior(torch.ones(1), torch.zeros(1, 2), -torch.eye(2)[None], covariance="full", eps=0.1)
+        GaussianMixturePrior(torch.ones(1), torch.zeros(1, 2), -torch.eye(2)[None], covariance="full",
+                             eps=0.1)
     with pytest.raises(PriorError, match="inconsistent"):
         GaussianMixturePrior(torch.ones(1), torch.zeros(1, 2), torch.ones(1, 3), covariance="diag", eps=0.1)
 
@@ -224,5 +225,6 @@ def test_fit_and_sample_on_cuda(tiny):
     out = sample_images(model, 4, prior=prior, generator=gen)
     assert out.is_cuda and out.shape == (4, 1, 32, 32)
     learned = LearnedPrior(model)
-    assert torch.equal(sample_images(model, 4, prior=learned, generator=torch.Generator("cuda").manual_seed(1)),
+    gen = torch.Generator("cuda").manual_seed(1)
+    assert torch.equal(sample_images(model, 4, prior=learned, generator=gen),
                        model.sample(4, torch.Generator("cuda").manual_seed(1)))
