@@ -22,7 +22,8 @@ from spikingjelly_vae.checkpoint import load_model
 from spikingjelly_vae.data import load_dataset
 from spikingjelly_vae.functional import rbf_mmd
 from spikingjelly_vae.metrics.fad import compute_fad, fad_test_stats, load_fad_model
-from spikingjelly_vae.metrics.fid import compute_fid, fid_reference_stats, inception_features, load_fid_inception
+from spikingjelly_vae.metrics.fid import (compute_fid, fid_reference_stats, inception_features,
+                                          load_fid_inception)
 from spikingjelly_vae.metrics.resources import sha256_file
 from spikingjelly_vae.metrics.sources import tensor_batches
 from spikingjelly_vae.prior import (LearnedPrior, default_prior_path, fit_rate_mixture, load_prior,
@@ -107,7 +108,8 @@ def eps_sweep(args, model, record):
     rates_train, rates_test = _rates(args, model, record)
     gen = lambda: torch.Generator().manual_seed(args.seed + 1)  # noqa: E731
     n, T = len(rates_test), model.T
-    record["rows"] = [{"prior": "train posterior (noise floor)", **rate_stats(rates_train[:n], rates_test, T)},
+    floor = rate_stats(rates_train[:n], rates_test, T)
+    record["rows"] = [{"prior": "train posterior (noise floor)", **floor},
                       {"prior": "learned", **rate_stats(LearnedPrior(model).sample_rates(n, generator=gen()),
                                                         rates_test, T)}]
     for eps in map(float, args.eps_sweep.split(",")):
@@ -182,7 +184,8 @@ def main(argv=None):
             path = fitted.save(default_prior_path(Path(args.gmm_dir) / Path(args.checkpoint).name, k, cov))
             prior = load_prior(f"gmm:{path}", model, checkpoint=args.checkpoint)  # the file path, as the CLI
             res = score(prior.name, prior, model, ctx, args, rates_test)
-            res.update(fit_seconds=fitted.provenance["fit_seconds"], file=str(path), provenance=prior.provenance)
+            res.update(fit_seconds=fitted.provenance["fit_seconds"], file=str(path),
+                       provenance=prior.provenance)
             record["priors"][prior.name] = res
             write(args.out, record)
             print(prior.name, json.dumps({k2: v for k2, v in res.items() if k2 != "provenance"}), flush=True)

@@ -24,9 +24,9 @@ import torch
 from . import __version__
 from .atomic import atomic_write, sha256_file
 
-__all__ = ["PriorError", "RatePrior", "LearnedPrior", "GaussianMixturePrior", "GMMFit", "fit_gmm", "fit_rate_mixture",
-           "posterior_rates", "fit_gmm_prior", "load_prior", "default_prior_path", "sample_images",
-           "prior_batches"]
+__all__ = ["PriorError", "RatePrior", "LearnedPrior", "GaussianMixturePrior", "GMMFit", "fit_gmm",
+           "fit_rate_mixture", "posterior_rates", "fit_gmm_prior", "load_prior", "default_prior_path",
+           "sample_images", "prior_batches"]
 
 FORMAT = "spikingjelly_vae.gmm_prior"
 FORMAT_VERSION = 1
@@ -72,7 +72,7 @@ class LearnedPrior(RatePrior):
 
 @dataclass
 class GMMFit:
-    """Result of ``fit_gmm``: mixture weights [K], means [K, D], covariances [K, D, D] (full) or [K, D] (diag)."""
+    """Result of ``fit_gmm``: weights [K], means [K, D], covariances [K, D, D] (full) or [K, D] (diag)."""
     weights: torch.Tensor
     means: torch.Tensor
     covariances: torch.Tensor
@@ -199,7 +199,10 @@ class GaussianMixturePrior(RatePrior):
         return mu[k] + (scale[k] @ e.unsqueeze(-1)).squeeze(-1)
 
     def sample_rates(self, n, *, generator=None, device=None):
-        return torch.sigmoid(self.sample_logits(n, generator=generator, device=device)).float()
+        """sigmoid(y) clamped to [eps, 1 - eps], the range of the fitted rates (so a float32 rate is never
+        exactly 0 or 1, which a far tail draw would otherwise round to)."""
+        y = self.sample_logits(n, generator=generator, device=device)
+        return torch.sigmoid(y).clamp(self.eps, 1 - self.eps).float()
 
     def log_prob_logits(self, y: torch.Tensor) -> torch.Tensor:
         """log p(y) [N] of logit-space points under the mixture."""
@@ -369,7 +372,8 @@ def sample_images(model, n: int, *, prior: RatePrior, generator: Optional[torch.
     the rate source swapped; with LearnedPrior it is ``model.sample`` draw for draw)."""
     _check_esvae(model)
     if prior.latent_dim != model.latent_dim:
-        raise PriorError(f"the prior draws {prior.latent_dim} rates, the model's latent has {model.latent_dim}")
+        raise PriorError(f"the prior draws {prior.latent_dim} rates, the model's latent has "
+                         f"{model.latent_dim}")
     device = next(model.parameters()).device
     rates = prior.sample_rates(n, generator=generator, device=device).to(model.prior_layer.weight.dtype)
     return model.decode(model.latent(rates, generator=generator))

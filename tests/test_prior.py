@@ -101,6 +101,11 @@ def test_fit_gmm_prior_rates_in_open_unit_interval(tiny, covariance, tmp_path):
     r = prior.sample_rates(2000, generator=torch.Generator().manual_seed(0))
     assert r.shape == (2000, 8) and r.dtype == torch.float32
     assert (r > 0).all() and (r < 1).all()
+    far = GaussianMixturePrior(torch.ones(1), torch.zeros(1, 2), torch.full((1, 2), 400.0), covariance="diag",
+                               eps=1e-4)  # std 20 in logit space: float32 sigmoid would give exact 0 and 1
+    r = far.sample_rates(4000, generator=torch.Generator().manual_seed(0))
+    assert r.min() == torch.tensor(1e-4, dtype=torch.float32) and r.max() == torch.tensor(1 - 1e-4).float()
+    assert (r > 0).all() and (r < 1).all()
     p = prior.provenance
     assert p["images"] == 40 and p["components"] == 3 and p["covariance"] == covariance
     assert len(p["checkpoint_sha256"]) == 64 and p["fit_seconds"] >= 0 and math.isfinite(p["log_likelihood"])
@@ -200,7 +205,8 @@ def test_bad_mixtures_refused():
         GaussianMixturePrior(torch.tensor([0.5, 0.6]), torch.zeros(2, 2), torch.ones(2, 2), covariance="diag",
                              eps=0.1)
     with pytest.raises(PriorError, match="positive definite"):
-        GaussianMixturePrior(torch.ones(1), torch.zeros(1, 2), -torch.eye(2)[None], covariance="full", eps=0.1)
+        GaussianMixturePrior(torch.ones(1), torch.zeros(1, 2), -torch.eye(2)[None], covariance="full",
+                             eps=0.1)
     with pytest.raises(PriorError, match="inconsistent"):
         GaussianMixturePrior(torch.ones(1), torch.zeros(1, 2), torch.ones(1, 3), covariance="diag", eps=0.1)
 
@@ -219,5 +225,6 @@ def test_fit_and_sample_on_cuda(tiny):
     out = sample_images(model, 4, prior=prior, generator=gen)
     assert out.is_cuda and out.shape == (4, 1, 32, 32)
     learned = LearnedPrior(model)
-    assert torch.equal(sample_images(model, 4, prior=learned, generator=torch.Generator("cuda").manual_seed(1)),
+    gen = torch.Generator("cuda").manual_seed(1)
+    assert torch.equal(sample_images(model, 4, prior=learned, generator=gen),
                        model.sample(4, torch.Generator("cuda").manual_seed(1)))
