@@ -119,3 +119,12 @@ def tiny_mnist_checkpoint(tmp_path_factory):
     save_checkpoint(path, {"model": model.state_dict(), "optimizer": None, "epoch": 60,
                            "config": model.config, "metrics": {}, "dataset": "mnist"})
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread, as in the CLI subprocesses of the resume tests, so float reductions match bit for bit."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

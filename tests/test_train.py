@@ -28,15 +28,6 @@ def tiny(out, **kw):
     return train.TrainConfig(out=str(out), **{**TINY, **kw})
 
 
-@pytest.fixture
-def one_thread():
-    """Same intra-op thread count as the subprocesses below, so float reductions match bit for bit."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _rows(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))

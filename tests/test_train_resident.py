@@ -42,14 +42,6 @@ def tiny_root(tmp_path_factory):
     return base / "data", base / "cache"
 
 
-@pytest.fixture
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _cfg(root, cache, out, **kw):
     base = dict(dataset="mnist", data_root=str(root), cache_dir=str(cache), out=str(out), batch_size=16, T=4,
                 latent_dim=8, train_subset=64, test_subset=24, grid_images=8, tensorboard=False, progress=False,
