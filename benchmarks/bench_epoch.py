@@ -18,7 +18,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,19 +30,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 CLI = [sys.executable, "-c", "from spikingjelly_vae.cli import main; main()"]
-
-
-def provenance() -> dict:
-    def git(*args):
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"commit": git("rev-parse", "HEAD") or None,
-            "dirty": bool(git("status", "--porcelain", "--", "spikingjelly_vae", "benchmarks")),
-            "torch": torch.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "gpu": gpu, "loadavg_1min_at_start": round(os.getloadavg()[0], 2)}
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_train import provenance  # noqa: E402  (commit, dirty, versions, GPU, load average)
 
 
 def _env() -> dict:

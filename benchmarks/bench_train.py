@@ -38,6 +38,7 @@ def provenance() -> dict:
             "dirty": bool(git("status", "--porcelain", "--", "spikingjelly_vae", "benchmarks")),
             "torch": torch.__version__, "spikingjelly": metadata.version("spikingjelly"),
             "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "loadavg_1min_at_start": round(os.getloadavg()[0], 2)}  # other work on a shared machine skews times
 
 
