@@ -128,3 +128,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Two state dicts hold the same keys and bit-equal tensors."""
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture
+def same_training_state():
+    """Checks that two checkpoints hold bit-equal weights and (unless `optimizer=False`) AdamW state."""
+    def check(a: dict, b: dict, *, optimizer: bool = True) -> None:
+        assert_same_state(a["model"], b["model"])
+        for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()) if optimizer else ():
+            assert_same_state(sa, sb)
+    return check

@@ -33,12 +33,6 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
-def _assert_same_state(a: dict, b: dict):
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-
-
 def test_two_epoch_run_writes_all_outputs(tmp_path, one_thread):
     res = train.fit(tiny(tmp_path / "run", epochs=2))
     run = tmp_path / "run"
@@ -129,7 +123,7 @@ train.fit(cfg, on_epoch_end=kill)
 """
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path, one_thread):
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, one_thread, same_training_state):
     full = train.fit(tiny(tmp_path / "full", epochs=3))
     cfg = {**TINY, "out": str(tmp_path / "cut"), "epochs": 3}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -140,9 +134,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, one_thread):
     resumed = train.fit(train.TrainConfig(**{**cfg, "resume": True}))
     assert resumed["start_epoch"] == 1 and resumed["epochs"] == 3 and resumed["steps"] == full["steps"]
     a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
-    _assert_same_state(a["model"], b["model"])
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        _assert_same_state(sa, sb)
+    same_training_state(a, b)
     assert a["best_test_loss"] == b["best_test_loss"]
     assert [r["train_loss"] for r in _rows(tmp_path / "full" / "log.csv")] == \
         [r["train_loss"] for r in _rows(tmp_path / "cut" / "log.csv")]

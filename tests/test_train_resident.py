@@ -49,19 +49,13 @@ def _cfg(root, cache, out, **kw):
     return {**base, **kw}
 
 
-def _assert_same_state(a: dict, b: dict):
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-
-
-def test_resident_run_equals_dataloader_run(tiny_root, tmp_path, one_thread):
+def test_resident_run_equals_dataloader_run(tiny_root, tmp_path, one_thread, same_training_state):
     root, cache = tiny_root
     loader = train.fit(train.TrainConfig(**_cfg(root, cache, tmp_path / "dl", epochs=2, data_on_gpu=False)))
     resident = train.fit(train.TrainConfig(**_cfg(root, cache, tmp_path / "res", epochs=2, data_on_gpu=True)))
     assert loader["steps"] == resident["steps"] == 8
     a, b = load_checkpoint(tmp_path / "dl" / "last.pt"), load_checkpoint(tmp_path / "res" / "last.pt")
-    _assert_same_state(a["model"], b["model"])
+    same_training_state(a, b, optimizer=False)
     assert a["metrics"]["test_mse"] == b["metrics"]["test_mse"]
     assert a["metrics"]["test_images"] == b["metrics"]["test_images"] == 24
     # the resolved choice is recorded (auto on a CPU device: the DataLoader path)
@@ -83,7 +77,7 @@ train.fit(train.TrainConfig(**{cfg!r}), on_epoch_end=kill)
 """
 
 
-def test_resident_resume_after_kill_is_exact(tiny_root, tmp_path, one_thread):
+def test_resident_resume_after_kill_is_exact(tiny_root, tmp_path, one_thread, same_training_state):
     root, cache = tiny_root
     full = train.fit(train.TrainConfig(**_cfg(root, cache, tmp_path / "full", epochs=3, data_on_gpu=True)))
     cfg = _cfg(root, cache, tmp_path / "cut", epochs=3, data_on_gpu=True)
@@ -95,9 +89,7 @@ def test_resident_resume_after_kill_is_exact(tiny_root, tmp_path, one_thread):
     resumed = train.fit(train.TrainConfig(**{**cfg, "resume": True}))
     assert resumed["start_epoch"] == 1 and resumed["steps"] == full["steps"] == 12
     a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
-    _assert_same_state(a["model"], b["model"])
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        _assert_same_state(sa, sb)
+    same_training_state(a, b)
     assert a["best_test_loss"] == b["best_test_loss"]
 
 
@@ -115,7 +107,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_resident_ddp_equals_dataloader_ddp(tiny_root, tmp_path):
+def test_resident_ddp_equals_dataloader_ddp(tiny_root, tmp_path, same_training_state):
     """Two gloo processes: the resident loaders take the DistributedSampler's shard, as the DataLoaders."""
     import torch.multiprocessing as mp
     root, cache = tiny_root
@@ -124,5 +116,5 @@ def test_resident_ddp_equals_dataloader_ddp(tiny_root, tmp_path):
         mp.spawn(_ddp_worker, args=(2, _free_port(), cfg), nprocs=2, join=True)
     a, b = load_checkpoint(tmp_path / "dl" / "last.pt"), load_checkpoint(tmp_path / "res" / "last.pt")
     assert a["step"] == b["step"] == 4 and b["world_size"] == 2
-    _assert_same_state(a["model"], b["model"])
+    same_training_state(a, b, optimizer=False)
     assert a["metrics"]["test_mse"] == b["metrics"]["test_mse"]
