@@ -108,23 +108,23 @@ def checkpoints_option(help: str):
 
 def parse_model_opts(ctx, param, values):
     """--model-opt KEY=VALUE -> dict, VALUE parsed as int, float, true/false, a list of numbers when it
-    holds commas (hidden=4,4,8,8 -> [4, 4, 8, 8]), or kept as text."""
+    holds commas (hidden=4,4,8,8 or hidden=(4,4,8,8) -> [4, 4, 8, 8]), or kept as text."""
     opts = {}
     for item in values:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise click.BadParameter(f"expected KEY=VALUE, got {item!r}")
-        parts = [_parse_value(p) for p in raw.split(",")] if "," in raw else []
+        inner = raw.strip()
+        if inner[:1] in "([" and inner[-1:] in ")]" and len(inner) > 1:
+            inner = inner[1:-1]
+        parts = [_parse_value(p) for p in inner.split(",")] if "," in inner else []
         numbers = parts and all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in parts)
         opts[key.strip()] = parts if numbers else _parse_value(raw)
     return opts
 
 
 def _parse_value(raw: str):
-    text = raw.strip()
-    if text[:1] in ("(", "[") and text[-1:] in (")", "]"):  # a list such as hidden=(4,4,8,8) -> tuple
-        return tuple(_parse_value(v) for v in text[1:-1].split(",") if v.strip())
-    low = text.lower()
+    low = raw.strip().lower()
     if low in ("true", "false"):
         return low == "true"
     for kind in (int, float):
