@@ -55,7 +55,10 @@ def commit() -> dict:
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    return {"commit": git("rev-parse", "HEAD") or None,
+    head = git("rev-parse", "HEAD")
+    if not head:  # a copy without .git (a remote GPU machine): the commit is passed in
+        return {"commit": os.environ.get("SJVAE_COMMIT") or None, "dirty": None}
+    return {"commit": head,
             "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", "spikingjelly_vae",
                                 "benchmarks"))}
 

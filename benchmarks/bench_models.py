@@ -1,6 +1,7 @@
 """Training-step and generation time of ESVAE vs FSVAE vs the ANN VAE at the same batch (JSON out).
 
-Measured per model (MNIST-shaped input 1x32x32 by default, T = 16, the same latent size for all):
+Measured per model (MNIST-shaped input 1x32x32 by default, --channels 3 for CIFAR-10; T = 16; the same latent
+size for all):
   train_step   forward + loss + backward + AdamW step, training mode (FSVAE: its O(T^2) prefix passes)
   recon_eval   forward in eval mode under no_grad (the test-set reconstruction)
   sample       model.sample(batch) in eval mode
@@ -20,7 +21,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,16 +30,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_lif import commit  # noqa: E402
 from spikingjelly_vae.models import build_model  # noqa: E402
 from spikingjelly_vae.models.fsvae import pick, random_index, run_prefix  # noqa: E402
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=30).stdout.strip()
-    except Exception:
-        return ""
 
 
 def sync(device):
@@ -106,7 +100,7 @@ def prefix_posterior(posterior, x_e, generator):
 
 
 def build(name, args, device):
-    config = {"model": name, "in_channels": 1, "image_size": 32, "latent_dim": args.latent_dim}
+    config = {"model": name, "in_channels": args.channels, "image_size": 32, "latent_dim": args.latent_dim}
     if name != "ann-vae":
         config["T"] = args.T
     torch.manual_seed(0)
@@ -183,6 +177,7 @@ def main(argv=None):
     ap.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:i]")
     ap.add_argument("--batch", type=int, default=None, help="batch size (default 250 on CUDA, 32 on CPU)")
     ap.add_argument("--T", type=int, default=16, help="time steps (paper: 16)")
+    ap.add_argument("--channels", type=int, default=1, help="image channels (1: MNIST shapes, 3: CIFAR-10)")
     ap.add_argument("--latent-dim", type=int, default=128, help="latent size for all models (paper: 128)")
     ap.add_argument("--models", default="esvae,fsvae,ann-vae", help="comma list of registry names")
     ap.add_argument("--warmup", type=int, default=1, help="untimed rounds per measurement")
@@ -196,11 +191,11 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     args.batch = args.batch or (250 if device.type == "cuda" else 32)
     args.repeats = args.repeats or (20 if device.type == "cuda" else 5)
-    x = (torch.rand(args.batch, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)
-    record = {"benchmark": "bench_models", "commit": commit(), "device": str(device),
+    x = (torch.rand(args.batch, args.channels, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)
+    record = {"benchmark": "bench_models", **commit(), "device": str(device),
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
               or platform.machine(), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
-              "batch": args.batch, "T": args.T, "latent_dim": args.latent_dim, "input": "1x32x32",
+              "batch": args.batch, "T": args.T, "latent_dim": args.latent_dim, "input": f"{args.channels}x32x32",
               "warmup": args.warmup, "models": {}}
     record["loadavg_before"] = os.getloadavg()
     names = args.models.split(",")

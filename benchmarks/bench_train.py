@@ -16,7 +16,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,14 +27,10 @@ sys.path.insert(0, str(ROOT))
 
 
 def provenance() -> dict:
-    def git(*args):
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
     from importlib import metadata
-    return {"commit": git("rev-parse", "HEAD") or None,
-            "dirty": bool(git("status", "--porcelain", "--", "spikingjelly_vae", "benchmarks")),
+
+    from bench_lif import commit
+    return {**commit(),
             "torch": torch.__version__, "spikingjelly": metadata.version("spikingjelly"),
             "python": platform.python_version(), "cpu_count": os.cpu_count(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from ..runtime import derived_seed, eval_mode, resolve_device
 from .config import TrainConfig
-from .distributed import all_sum, barrier, dist_setup, on_rank0
+from .distributed import all_sum, barrier, dist_setup, is_distributed, on_rank0
 from .outputs import grid_due, prepare_out, release_lock, write_epoch, write_grids
 from .state import Run, setup_run, use_resident_data
 
@@ -116,7 +116,7 @@ def _epoch(run: Run, epoch: int, *, steps_bar=None) -> dict:
     torch.manual_seed(derived_seed(cfg.seed, epoch, rank, "torch"))
     run.loaders.generator.manual_seed(derived_seed(cfg.seed, epoch, rank, "loader"))
     model_gen = torch.Generator(device=run.device).manual_seed(derived_seed(cfg.seed, epoch, rank, "model"))
-    if run.world > 1:
+    if is_distributed(run.world):
         run.loaders.sampler.set_epoch(epoch)
     if hasattr(run.model, "set_epoch"):
         run.model.set_epoch(epoch, cfg.epochs)
@@ -210,7 +210,7 @@ def _reduce(sums: dict, world: int) -> dict:
 
 def _results(run: Run, metrics: dict, t_start: float) -> dict:
     """The results dict of fit (the same on every rank)."""
-    best = on_rank0(run.world, run.rank, lambda: run.best) if run.world > 1 else run.best
+    best = on_rank0(run.world, run.rank, lambda: run.best) if is_distributed(run.world) else run.best
     if not metrics and run.ckpt is not None:  # resumed a run that was already finished
         metrics = dict(run.ckpt.get("metrics") or {})
     out = run.out

@@ -15,7 +15,7 @@ from ..checkpoint import load_model
 from ..data import load_dataset
 from ..runtime import derived_seed
 from .config import TrainConfig, build_from_config
-from .distributed import on_rank0
+from .distributed import is_distributed, on_rank0
 from .outputs import (CsvLog, grid_due, grids_missing, open_tensorboard, release_lock, repair_epoch, write_grids,
                       write_train_config)
 
@@ -124,7 +124,7 @@ def make_loaders(cfg: TrainConfig, train_set, test_set, device: torch.device, *,
     workers = cfg.num_workers if cfg.num_workers is not None else (4 if device.type == "cuda" else 0)
     generator = torch.Generator()
     resident = isinstance(train_set, ResidentDataset)
-    if world > 1:
+    if is_distributed(world):
         sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.seed, drop_last=cfg.drop_last)
     else:
         sampler = None if resident else RandomSampler(train_set, generator=generator)
@@ -211,7 +211,7 @@ def _setup_run(cfg: TrainConfig, out: Path, device: torch.device, *, rank: int, 
         model.set_num_train_batches(len(run.loaders.train))
         run.model_config = dict(model.config)
     run.net = model
-    if world > 1:
+    if is_distributed(world):
         from torch.nn.parallel import DistributedDataParallel
         run.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                           find_unused_parameters=cfg.find_unused_parameters)
