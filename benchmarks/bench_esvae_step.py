@@ -2,7 +2,8 @@
 
 One step = forward, loss (MSE + 0.001 * RBF-MMD^2), backward, AdamW update, on synthetic images in [-1, 1]
 (the data pipeline is not timed). Each variant runs in a fresh process so its peak memory is its own:
-CUDA max_memory_allocated over the timed steps, or on CPU the growth of the peak RSS (ru_maxrss) from
+CUDA max_memory_allocated from the build on (warm-up, a CUDA graph's capture, the timed steps), or on CPU
+the growth of the peak RSS (ru_maxrss) from
 just before the first step to the end. A variant that cannot run here is recorded with ``skipped`` (the
 reason) and one that fails with ``error``; neither stops the others.
 
@@ -12,6 +13,7 @@ Variants (``--variants``; default: all that can run on the device):
   adamw-foreach  kernel_backend="auto", AdamW(foreach=True)
   adamw-fused    kernel_backend="auto", AdamW(fused=True)
   channels-last  kernel_backend="auto", model and images in channels_last
+  fuse-bn-lif    kernel_backend="auto", tdBN + LIF fused (ESVAE(fuse_bn_lif=True), keeps less for backward)
   cuda-graph     kernel_backend="auto", the whole step (forward, backward, capturable AdamW) captured once
                  with torch.cuda.graphs and replayed (static shapes; default CUDA generator; CUDA only)
   compile        kernel_backend="auto", torch.compile(model) (CUDA by default; name it to try on CPU)
@@ -43,6 +45,7 @@ VARIANTS = {
     "adamw-foreach": dict(optimizer=dict(foreach=True)),
     "adamw-fused": dict(optimizer=dict(fused=True)),
     "channels-last": dict(channels_last=True),
+    "fuse-bn-lif": dict(model=dict(fuse_bn_lif=True)),
     "cuda-graph": dict(graph=True, optimizer=dict(capturable=True, foreach=True), needs="cuda"),
     "compile": dict(compile=True, needs="cuda-default"),
 }
@@ -75,7 +78,7 @@ def _build(variant: str, opts: dict):
     device = torch.device(opts["device"])
     torch.manual_seed(0)
     model = ESVAE(in_channels=3, latent_dim=128, T=opts["T"], image_size=32,
-                  kernel_backend=cfg.get("kernel_backend", "auto")).to(device)
+                  kernel_backend=cfg.get("kernel_backend", "auto"), **cfg.get("model", {})).to(device)
     x = torch.rand(opts["batch"], 3, 32, 32, generator=torch.Generator().manual_seed(1))
     x = x.mul(2).sub(1).to(device)
     if cfg.get("channels_last"):
@@ -114,13 +117,13 @@ def run_variant(variant: str, opts: dict) -> dict:
     device = torch.device(opts["device"])
     row = {"variant": variant, **{k: v for k, v in VARIANTS[variant].items() if k != "needs"}}
     rss_before = _rss_bytes()
+    if device.type == "cuda":  # from before the build: a CUDA graph allocates its memory while capturing
+        torch.cuda.reset_peak_memory_stats(device)
     try:
         _, step = _build(variant, opts)
         for _ in range(opts["warmup"]):
             step()
         sync(device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
         times, cpu_times, losses = [], [], []
         for _ in range(opts["steps"]):
             start, start_cpu = time.perf_counter(), time.process_time()

@@ -55,9 +55,9 @@ def commit() -> dict:
         except (OSError, subprocess.SubprocessError):
             return ""
 
+    if os.environ.get("SJVAE_COMMIT"):  # a copy on a remote GPU machine: the commit is passed in
+        return {"commit": os.environ["SJVAE_COMMIT"], "dirty": None}
     head = git("rev-parse", "HEAD")
-    if not head:  # a copy without .git (a remote GPU machine): the commit is passed in
-        return {"commit": os.environ.get("SJVAE_COMMIT") or None, "dirty": None}
     return {"commit": head,
             "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", "spikingjelly_vae",
                                 "benchmarks"))}

@@ -48,7 +48,7 @@ if [ "$DEVICE" = cpu ]; then
   PROFILE_ARGS=(--device cpu --batch 2 --T 2 --warmup 0)
   COMPILE_ARGS=(--device cpu --batch 2 --T 2 --steps 1 --warmup 0 --variants torch)
 else
-  ESVAE_ARGS=(--device cuda --steps 10 --warmup 3 --variants torch,cupy,adamw-foreach,adamw-fused,channels-last,cuda-graph)
+  ESVAE_ARGS=(--device cuda --steps 10 --warmup 3 --variants torch,cupy,adamw-foreach,adamw-fused,channels-last,fuse-bn-lif,cuda-graph)
   SAMPLE_ARGS=(--device cuda --batch 256 --repeats 20)
   EPOCH_ARGS=(--device cuda --epochs 3 --loader-epochs 1)
   TRAIN_ARGS=(--epochs 1)

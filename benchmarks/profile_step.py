@@ -32,8 +32,9 @@ SCOPES = [("LIF", re.compile(r"sjvae::lif|LIF(Torch|CuPy)Backward")),
           ("Poisson", re.compile(r"sjvae::poisson|Poisson(Torch|CuPy)Backward")),
           ("MMD", re.compile(r"sjvae::mmd")),
           ("optimizer", re.compile(r"Optimizer\.step|Optimizer\.zero_grad|sjvae::optimizer"))]
-OPS = [("conv", re.compile(r"conv|cudnn|Convolution|implicit_gemm|xmma|winograd|dgrad|wgrad", re.I)),
-       ("BN", re.compile(r"batch_norm|BatchNorm|bn_fw|bn_bw|welford", re.I)),
+# first match wins: BN before conv, since cuDNN's BN ops (aten::cudnn_batch_norm*) also match "cudnn"
+OPS = [("BN", re.compile(r"batch_norm|BatchNorm|bn_fw|bn_bw|welford", re.I)),
+       ("conv", re.compile(r"conv|cudnn|Convolution|implicit_gemm|xmma|winograd|dgrad|wgrad", re.I)),
        ("linear", re.compile(r"addmm|aten::mm|aten::bmm|matmul|linear|gemm|Addmm|MmBackward", re.I)),
        ("copies", re.compile(r"copy_|aten::to$|_to_copy|contiguous|clone|aten::cat|aten::stack|Memcpy|Memset",
                              re.I))]

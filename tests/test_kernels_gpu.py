@@ -64,7 +64,7 @@ def test_lif_cupy_matches_plain_loop_and_spikingjelly():
 
     x, grad = _input((T, 64, 33), 3), _input((T, 64, 33), 4)
     a, b, c = (x.clone().requires_grad_() for _ in range(3))
-    out = kernels.lif_multistep(a, kernel_backend="cupy")
+    out = kernels.lif_multistep(a, backend="cupy")
     ref = reference_lif(b)
     node = neuron.LIFNode(tau=4.0 / 3.0, decay_input=False, v_threshold=0.2, v_reset=0.0,
                           surrogate_function=RectangleSurrogate(0.0, 0.5, 0.2), detach_reset=False,
@@ -86,7 +86,7 @@ def test_lif_cupy_non_contiguous_and_no_grad():
     assert torch.equal(out_k, out_t)
     torch.testing.assert_close(g_k, g_t, rtol=0, atol=1e-6)
     with torch.no_grad():
-        plain = kernels.lif_multistep(x, kernel_backend="cupy")
+        plain = kernels.lif_multistep(x, backend="cupy")
     assert plain.grad_fn is None and torch.equal(plain, out_t.detach())
 
 
@@ -99,7 +99,7 @@ def test_lif_cupy_runs_on_torch_current_stream():
     with torch.cuda.stream(side):
         y = x * 1.0  # queued on the side stream; the kernel must see it finished
         torch.cuda._sleep(10_000_000)
-        out = kernels.lif_multistep(y + 0.0, kernel_backend="cupy")
+        out = kernels.lif_multistep(y + 0.0, backend="cupy")
     torch.cuda.current_stream().wait_stream(side)
     assert torch.equal(out, expected)
 
@@ -109,7 +109,7 @@ def test_lif_cupy_memory_kept_for_backward():
     x = _input((T, 128, 32, 16, 16), 8, torch.float16).requires_grad_()
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        out = kernels.lif_multistep(x, kernel_backend="cupy")
+        out = kernels.lif_multistep(x, backend="cupy")
     assert sum(t.numel() * t.element_size() for t in saved) == 2 * x.numel() * x.element_size()
     assert any(t.data_ptr() == out.data_ptr() for t in saved)
 
@@ -121,8 +121,8 @@ def test_poisson_cupy_equals_torch_path(dtype, half_width):
     rate = torch.rand(256, 128, device="cuda", generator=gen).to(dtype)
     grad = _input((T, 256, 128), 1, dtype)
     a, b = rate.clone().requires_grad_(), rate.clone().requires_grad_()
-    z_k = kernels.poisson_sample(a, T, half_width, gen.manual_seed(9), kernel_backend="cupy")
-    z_t = kernels.poisson_sample(b, T, half_width, gen.manual_seed(9), kernel_backend="torch")
+    z_k = kernels.poisson_sample(a, T, half_width, gen.manual_seed(9), backend="cupy")
+    z_t = kernels.poisson_sample(b, T, half_width, gen.manual_seed(9), backend="torch")
     assert "PoissonCuPy" in type(z_k.grad_fn).__name__
     assert torch.equal(z_k, z_t)
     z_k.backward(grad)
@@ -137,7 +137,7 @@ def test_poisson_cupy_matches_lead_functional():
 
     rate = torch.rand(64, 128, device="cuda")
     a, b = rate.clone().requires_grad_(), rate.clone().requires_grad_()
-    z_k = kernels.poisson_sample(a, T, 0.5, torch.Generator(device="cuda").manual_seed(2), kernel_backend="cupy")
+    z_k = kernels.poisson_sample(a, T, 0.5, torch.Generator(device="cuda").manual_seed(2), backend="cupy")
     z_f = poisson_spikes(b, T, 0.5, torch.Generator(device="cuda").manual_seed(2))
     assert torch.equal(z_k, z_f)
     grad = _input((T, 64, 128), 3)
@@ -233,7 +233,7 @@ def test_kernels_compile_once_per_dtype():
     launch.get_kernel.cache_clear()
     x = _input((T, 10), 12)
     for _ in range(3):
-        kernels.lif_multistep(x, kernel_backend="cupy")
+        kernels.lif_multistep(x, backend="cupy")
     info = launch.get_kernel.cache_info()
     assert info.misses == 1 and info.hits == 2
     assert launch._module.cache_info().currsize >= 1
