@@ -8,6 +8,7 @@ Two kinds of tests:
   after `sjvae convert-official` and `checkpoint.load_model`, our maps equal the official outputs.
 """
 import copy
+import json
 import os
 import pickle
 import subprocess
@@ -144,6 +145,22 @@ def test_existing_out_is_kept_unless_force_and_never_the_source(tmp_path):
     with pytest.raises(ConversionError, match="is the official file itself"):
         convert_official(src, "ann-vae", "mnist", src, force=True)
     assert src.read_bytes() == before
+
+
+def test_converted_checkpoint_serves_the_checkpoint_commands(tmp_path):
+    """`sjvae convert-official` output goes straight into `sample` and `info` (dataset, epoch from the file)."""
+    src = save_official(official_state(randomised("esvae"), "esvae"), tmp_path / "best_fid.pth", "wrapped", 7)
+    dst, runner = tmp_path / "esvae.pt", CliRunner()
+    res = runner.invoke(main, ["convert-official", str(src), "--model", "esvae", "--dataset", "mnist", "--out",
+                               str(dst)])
+    assert res.exit_code == 0 and "official ESVAE ({'net', 'epoch'}, epoch 7)" in res.output, res.output
+    res = runner.invoke(main, ["sample", "--checkpoint", str(dst), "-n", "3", "--out", str(tmp_path / "s.pt"),
+                               "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert torch.load(tmp_path / "s.pt", weights_only=True).shape == (3, 1, 32, 32)
+    res = runner.invoke(main, ["info", "--checkpoint", str(dst), "--json", "--device", "cpu"])
+    info = json.loads(res.output)
+    assert info["checkpoint"]["epoch"] == 8 and info["checkpoint"]["dataset"] == "mnist"
 
 
 # ------------------------------------------------------------------ bad input through the real CLI
