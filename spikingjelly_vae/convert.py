@@ -1,4 +1,4 @@
-"""Official checkpoints (QgZhan/ESVAE: ESVAE, ESVAELarge, FSVAE, FSVAELarge, VanillaVAE, VanillaVAELarge) -> ours.
+"""Official checkpoints -> ours: QgZhan/ESVAE's ESVAE(Large), FSVAE(Large) and VanillaVAE(Large).
 
 One explicit key table per model maps every official state_dict key to ours. The table is checked both ways:
 every official key is used or knowingly dropped, every key of ours is filled, shapes are equal; anything else
@@ -9,7 +9,7 @@ is refused with one line naming the first missing or unexpected key (`Conversion
   is T), FSVAE's `*.initial_input` (must be zero: the official z_{-1}), and the FSVAE prior and posterior that
   the official ESVAE builds but never uses (`prior.*`, `posterior.*`).
 - Official files: a plain `net.state_dict()` (checkpoint.pth, best.pth, the demo checkpoints) or
-  `{'net': state_dict, 'epoch': e}` (best_fid.pth and its siblings); read with `torch.load(weights_only=True)`.
+  `{'net': state_dict, 'epoch': e}` (best_fid.pth and its siblings); read with torch.load(weights_only=True).
 """
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ __all__ = ["ConversionError", "OFFICIAL_CLASSES", "key_table", "load_official", 
 
 REPOSITORY = "https://github.com/QgZhan/ESVAE"
 OFFICIAL_CLASSES = {  # ours -> (official class at 32x32, at 64x64)
-    "esvae": ("ESVAE", "ESVAELarge"), "fsvae": ("FSVAE", "FSVAELarge"), "ann-vae": ("VanillaVAE", "VanillaVAELarge")}
+    "esvae": ("ESVAE", "ESVAELarge"), "fsvae": ("FSVAE", "FSVAELarge"),
+    "ann-vae": ("VanillaVAE", "VanillaVAELarge")}
 MEMBRANE_DECAY = 0.8  # the official MembraneOutputLayer's fixed coefficient base
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 WEIGHT = ("weight", "bias")
@@ -91,7 +92,7 @@ def _ann_vae(stages: int) -> List[Row]:
 
 
 def key_table(model: str, stages: int) -> List[Row]:
-    """The explicit (official key, our key) rows of `model` with `stages` conv stages; our key None: dropped."""
+    """The (official key, our key) rows of `model` with `stages` conv stages; our key None: dropped."""
     if model == "esvae":
         return _spiking_backbone(stages) + _block("sample_layer.0", "prior_layer") + _fsvae_latent(ours=False)
     if model == "fsvae":
@@ -108,22 +109,22 @@ def _optional(model: str, official_key: str) -> bool:
 
 # ----------------------------------------------------------------------------------------- reading files
 def _load_error(path: Path, err: Exception) -> ConversionError:
-    """One line for a file torch.load(weights_only=True) refused: truncated, code-running pickle, or no checkpoint."""
+    """One line for a file that torch.load(weights_only=True) refused: code, truncated, or no checkpoint."""
     text = str(err)
     found = _global_name(text)
     if found is not None:
-        return ConversionError(f"{path} holds a Python object ({found}) that loading would import and call, so it "
-                               "could run code: refused (only tensors and plain containers are read)")
+        return ConversionError(f"{path} holds a Python object ({found}) that loading would import and call, "
+                               "so it could run code: refused (only tensors and plain containers are read)")
     with open(path, "rb") as f:
         head = f.read(4)
     if head.startswith(b"PK"):
-        return ConversionError(f"{path} is a truncated or corrupt PyTorch file (its zip archive cannot be read); "
-                               "copy it again from where it was saved")
+        return ConversionError(f"{path} is a truncated or corrupt PyTorch file (its zip archive cannot be "
+                               "read); copy it again from where it was saved")
     if head[:1] == b"\x80" and _plain_pickle_imports(path):
-        return ConversionError(f"{path} is a plain Python pickle that imports code when loaded: refused (only "
-                               "torch.save files of tensors are read)")
-    return ConversionError(f"{path} is not a PyTorch checkpoint file; pass the .pth file that the official code "
-                           "saved (checkpoint.pth, best.pth, best_fid.pth, ...)")
+        return ConversionError(f"{path} is a plain Python pickle that imports code when loaded: refused "
+                               "(only torch.save files of tensors are read)")
+    return ConversionError(f"{path} is not a PyTorch checkpoint file; pass the .pth file that the official "
+                           "code saved (checkpoint.pth, best.pth, best_fid.pth, ...)")
 
 
 def _global_name(text: str) -> Optional[str]:
@@ -146,7 +147,7 @@ def _plain_pickle_imports(path: Path) -> bool:
 
 def load_official(path) -> Tuple[Dict[str, torch.Tensor], dict]:
     """Read an official file with ``torch.load(weights_only=True)``; return ``(state_dict, info)`` where info
-    holds ``layout`` ("state_dict" or "{'net', 'epoch'}") and ``official_epoch`` (None for a plain state_dict)."""
+    holds ``layout`` ("state_dict" or "{'net', 'epoch'}") and ``official_epoch`` (None for a state_dict)."""
     path = Path(path)
     if not path.is_file():
         raise ConversionError(f"{path} does not exist or is not a file; pass the official .pth checkpoint")
@@ -157,19 +158,21 @@ def load_official(path) -> Tuple[Dict[str, torch.Tensor], dict]:
         with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's business
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # weights-only refusal, truncated zip (RuntimeError, OSError), bytes of anything else
+    except Exception as err:  # weights-only refusal, truncated zip (RuntimeError, OSError), other bytes
         raise _load_error(path, err) from None
     info = {"layout": "state_dict", "official_epoch": None}
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and isinstance(obj.get("config"), dict):
-        raise ConversionError(f"{path} is already a spikingjelly-vae checkpoint: pass it to --checkpoint as it is")
+        raise ConversionError(f"{path} is already a spikingjelly-vae checkpoint: pass it to --checkpoint "
+                              "as it is")
     if isinstance(obj, dict) and isinstance(obj.get("net"), dict):
         epoch = obj.get("epoch")
-        info = {"layout": "{'net', 'epoch'}", "official_epoch": int(epoch) if isinstance(epoch, int) else None}
+        epoch = int(epoch) if isinstance(epoch, int) else None
+        info = {"layout": "{'net', 'epoch'}", "official_epoch": epoch}
         obj = obj["net"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                        for k, v in obj.items()):
-        raise ConversionError(f"{path} is a PyTorch file but not an official checkpoint: expected net.state_dict() "
-                              "(a dict of tensors) or {'net': state_dict, 'epoch': e}")
+        raise ConversionError(f"{path} is a PyTorch file but not an official checkpoint: expected "
+                              "net.state_dict() (a dict of tensors) or {'net': state_dict, 'epoch': e}")
     return dict(obj), info
 
 
@@ -192,7 +195,7 @@ def _need(state, key: str, cls: str) -> torch.Tensor:
 
 
 def _architecture(model: str, state: Dict[str, torch.Tensor]) -> dict:
-    """in_channels, hidden, image_size, latent_dim (and T; k for FSVAE) as the official tensors' shapes say."""
+    """in_channels, hidden, image_size, latent_dim (and T; FSVAE: k) as the official tensors' shapes say."""
     cls = OFFICIAL_CLASSES[model][0]
     conv = "encoder.{}.0.weight" if model == "ann-vae" else "encoder.{}.weight"
     first = _need(state, conv.format(0), cls)
@@ -216,13 +219,13 @@ def _check_buffers(model: str, state: Dict[str, torch.Tensor], T: int) -> None:
     coef = state["membrane_output_layer.coef"].double().flatten()
     want = MEMBRANE_DECAY ** torch.arange(T - 1, -1, -1, dtype=torch.float64)
     if not torch.allclose(coef, want, rtol=1e-6, atol=0):
-        raise ConversionError("membrane_output_layer.coef is not the official readout 0.8^(T-1-t): this is not a "
-                              "checkpoint of the official code")
+        raise ConversionError("membrane_output_layer.coef is not the official readout 0.8^(T-1-t): this is "
+                              "not a checkpoint of the official code")
     if model == "fsvae":
         for key in ("posterior.initial_input", "prior.initial_input"):
             if state[key].count_nonzero():
-                raise ConversionError(f"{key} is not zero (the official z_(-1)): this is not a checkpoint of the "
-                                      "official code")
+                raise ConversionError(f"{key} is not zero (the official z_(-1)): this is not a checkpoint of "
+                                      "the official code")
 
 
 # ----------------------------------------------------------------------------------------- conversion
@@ -242,9 +245,9 @@ def _check_dataset(model: str, arch: dict, dataset: str) -> str:
     large = s == 64
     cls = OFFICIAL_CLASSES[model][int(large)]
     if (c, s) != (spec.in_channels, spec.image_size):
+        want = f"{spec.in_channels}x{spec.image_size}x{spec.image_size}"
         raise ConversionError(f"this official {cls} takes {c}x{s}x{s} images but {dataset} images are "
-                              f"{spec.in_channels}x{spec.image_size}x{spec.image_size}: pass the --dataset it was "
-                              "trained on")
+                              f"{want}: pass the --dataset it was trained on")
     return cls
 
 
@@ -256,8 +259,8 @@ def _as_ours(tensor: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def convert_state_dict(state: Dict[str, torch.Tensor], model: str, dataset: str):
-    """Official state_dict -> ``(our model in eval mode, report)``; ConversionError (one line) when it does not
-    fit. report: official class, config, used and dropped key counts."""
+    """Official state_dict -> ``(our model in eval mode, report)``; ConversionError (one line) when it does
+    not fit. report: official class, config, used and dropped key counts."""
     _check_model(model, state)
     arch = _architecture(model, state)
     cls = _check_dataset(model, arch, dataset)
@@ -277,8 +280,9 @@ def convert_state_dict(state: Dict[str, torch.Tensor], model: str, dataset: str)
             continue
         value = _as_ours(state[official], ours[our])
         if value.shape != ours[our].shape:
-            raise ConversionError(f"{official} has shape {tuple(state[official].shape)}, but the official {cls} "
-                                  f"of this file needs {tuple(ours[our].shape)}: not an official checkpoint")
+            raise ConversionError(f"{official} has shape {tuple(state[official].shape)}, but the official "
+                                  f"{cls} of this file needs {tuple(ours[our].shape)}: not an official "
+                                  "checkpoint")
         mapped[our] = value
     unexpected = next((k for k in state if k not in known), None)
     if unexpected is not None:
@@ -298,7 +302,8 @@ def convert_official(src, model: str, dataset: str, out, *, force: bool = False)
     An existing ``out`` is kept unless ``force``; ``out`` may never be ``src`` itself."""
     src, out = Path(src), Path(out)
     if out.exists() and src.exists() and out.resolve() == src.resolve():
-        raise ConversionError(f"--out {out} is the official file itself: choose another path (it is never replaced)")
+        raise ConversionError(f"--out {out} is the official file itself: choose another path (it is never "
+                              "replaced)")
     if out.exists() and not force:
         raise ConversionError(f"{out} already exists: pass --force to replace it, or choose another --out")
     state, info = load_official(src)
@@ -310,6 +315,8 @@ def convert_official(src, model: str, dataset: str, out, *, force: bool = False)
     provenance = {"repository": REPOSITORY, "class": report["class"], "source": src.name,
                   "source_sha256": sha256_file(src), **info, "used_keys": report["used_keys"],
                   "dropped_keys": report["dropped_keys"]}
-    save_checkpoint(out, {"model": net.state_dict(), "optimizer": None, "epoch": None if epoch is None else epoch + 1,
-                          "config": report["config"], "metrics": {}, "dataset": dataset, "official": provenance})
+    completed = None if epoch is None else epoch + 1  # ours: epochs completed; the official e is 0-based
+    save_checkpoint(out, {"model": net.state_dict(), "optimizer": None, "epoch": completed,
+                          "config": report["config"], "metrics": {}, "dataset": dataset,
+                          "official": provenance})
     return {"out": str(out), "dataset": dataset, **provenance, "config": report["config"]}

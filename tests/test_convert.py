@@ -29,6 +29,7 @@ from conftest import tiny
 
 FIXTURES = Path(os.environ.get("SJVAE_OFFICIAL_FIXTURES",
                                Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official"))
+UNUSED_IN_ESVAE = ("prior.", "posterior.")  # the official ESVAE's FSVAE modules
 CASES = {"esvae_mnist": ("esvae", "mnist"), "esvae_celeba": ("esvae", "celeba"),
          "fsvae_mnist": ("fsvae", "mnist"), "annvae_mnist": ("ann-vae", "mnist")}
 
@@ -52,10 +53,10 @@ def official_state(model: torch.nn.Module, name: str) -> dict:
     if name == "ann-vae":
         return state
     T, L = cfg["T"], cfg["latent_dim"]
-    state["membrane_output_layer.coef"] = torch.pow(0.8, torch.arange(T - 1, -1, -1))[None, None, None, None, :]
+    state["membrane_output_layer.coef"] = torch.pow(0.8, torch.arange(T - 1, -1, -1)).view(1, 1, 1, 1, T)
     if name == "esvae":  # the FSVAE prior and posterior the official ESVAE builds (k = 20), zeroed
         fsvae = official_state(tiny("fsvae", image_size=cfg["image_size"], latent_dim=L, T=T, k=20), "fsvae")
-        state.update({k: torch.zeros_like(v) for k, v in fsvae.items() if k.startswith(("prior.", "posterior."))})
+        state.update({k: torch.zeros_like(v) for k, v in fsvae.items() if k.startswith(UNUSED_IN_ESVAE)})
     else:
         state["posterior.initial_input"] = torch.zeros(1, L, 1)
         state["prior.initial_input"] = torch.zeros(1, L, 1)
@@ -69,7 +70,8 @@ def randomised(name: str, image_size: int = 32, in_channels: int = 1, seed: int 
     with torch.no_grad():
         for key, value in model.state_dict().items():
             if value.is_floating_point():
-                value.copy_(torch.rand_like(value) + 0.5 if key.endswith("running_var") else torch.randn_like(value))
+                var = key.endswith("running_var")
+                value.copy_(torch.rand_like(value) + 0.5 if var else torch.randn_like(value))
     return model.eval()
 
 
@@ -112,7 +114,7 @@ def test_round_trip_restores_the_model(tmp_path, name, layout):
 def test_esvae_without_the_unused_fsvae_modules_converts(tmp_path):
     """The dropped prior/posterior of the official ESVAE are optional (a trimmed file still converts)."""
     model = randomised("esvae")
-    state = {k: v for k, v in official_state(model, "esvae").items() if not k.startswith(("prior.", "posterior."))}
+    state = {k: v for k, v in official_state(model, "esvae").items() if not k.startswith(UNUSED_IN_ESVAE)}
     res = convert_official(save_official(state, tmp_path / "a.pth"), "esvae", "mnist", tmp_path / "a.pt")
     assert res["dropped_keys"] == 1  # the readout coefficients only
 
@@ -148,11 +150,11 @@ def test_existing_out_is_kept_unless_force_and_never_the_source(tmp_path):
 
 
 def test_converted_checkpoint_serves_the_checkpoint_commands(tmp_path):
-    """`sjvae convert-official` output goes straight into `sample` and `info` (dataset, epoch from the file)."""
+    """`sjvae convert-official` output goes straight into `sample` and `info` (dataset, epoch of the file)."""
     src = save_official(official_state(randomised("esvae"), "esvae"), tmp_path / "best_fid.pth", "wrapped", 7)
     dst, runner = tmp_path / "esvae.pt", CliRunner()
-    res = runner.invoke(main, ["convert-official", str(src), "--model", "esvae", "--dataset", "mnist", "--out",
-                               str(dst)])
+    res = runner.invoke(main, ["convert-official", str(src), "--model", "esvae", "--dataset", "mnist",
+                               "--out", str(dst)])
     assert res.exit_code == 0 and "official ESVAE ({'net', 'epoch'}, epoch 7)" in res.output, res.output
     res = runner.invoke(main, ["sample", "--checkpoint", str(dst), "-n", "3", "--out", str(tmp_path / "s.pt"),
                                "--device", "cpu"])
@@ -182,8 +184,8 @@ def _bad_inputs(tmp: Path) -> dict:
         "truncated": (tmp / "truncated.pth", "esvae", "mnist", "truncated or corrupt"),
         "code in a torch file": (tmp / "code.pth", "esvae", "mnist", "could run code: refused"),
         "code in a plain pickle": (tmp / "code.pkl", "esvae", "mnist", "imports code when loaded: refused"),
-        "another model": (fsvae, "esvae", "mnist", "official FSVAE checkpoint, not ESVAE: pass --model fsvae"),
-        "another image size": (official, "esvae", "celeba", "takes 1x32x32 images but celeba images are 3x64x64"),
+        "another model": (fsvae, "esvae", "mnist", "FSVAE checkpoint, not ESVAE: pass --model fsvae"),
+        "another image size": (official, "esvae", "celeba", "takes 1x32x32 images but celeba images are 3x"),
         "missing file": (tmp / "absent.pth", "esvae", "mnist", "does not exist"),
     }
 
@@ -191,9 +193,9 @@ def _bad_inputs(tmp: Path) -> dict:
 def test_bad_input_gets_one_line_in_a_subprocess(tmp_path, one_thread):
     for name, (src, model, dataset, words) in _bad_inputs(tmp_path).items():
         out = tmp_path / "out.pt"
-        res = subprocess.run([sys.executable, "-m", "spikingjelly_vae.cli", "convert-official", str(src), "--model",
-                              model, "--dataset", dataset, "--out", str(out)], capture_output=True, text=True,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+        args = ["convert-official", str(src), "--model", model, "--dataset", dataset, "--out", str(out)]
+        res = subprocess.run([sys.executable, "-m", "spikingjelly_vae.cli", *args], capture_output=True,
+                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
         lines = [line for line in (res.stdout + res.stderr).splitlines() if line.strip()]
         assert res.returncode == 1, (name, res.stdout, res.stderr)
         assert len(lines) == 1 and lines[0].startswith("Error: ") and words in lines[0], (name, lines)
@@ -219,7 +221,8 @@ def official(tmp_path_factory):
             assert res.exit_code == 0, res.output
             models.append(load_model(dst))
         (plain, ckpt), (wrapped, _) = models
-        assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), wrapped.state_dict().values()))
+        pairs = zip(plain.state_dict().values(), wrapped.state_dict().values())
+        assert all(torch.equal(a, b) for a, b in pairs)
         assert ckpt["official"]["class"] == fixture["source"]["class"]
         out[name] = (plain.eval(), fixture["io"], ckpt)
     return out

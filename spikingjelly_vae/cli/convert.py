@@ -1,4 +1,4 @@
-"""`sjvae convert-official`: an official QgZhan/ESVAE checkpoint -> ours (logic in spikingjelly_vae.convert)."""
+"""`sjvae convert-official`: an official QgZhan/ESVAE checkpoint -> ours (spikingjelly_vae.convert)."""
 from __future__ import annotations
 
 import click
@@ -16,7 +16,8 @@ MODELS = ("esvae", "fsvae", "ann-vae")  # convert.OFFICIAL_CLASSES, not imported
                    "(VanillaVAE, VanillaVAELarge).")
 @dataset_option("The dataset it was trained on (celeba: the 64x64 Large models).", required=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="Checkpoint to write, for any --checkpoint option; an existing file is kept unless --force.")
+              help="Checkpoint to write, for any --checkpoint option; an existing file is kept unless "
+                   "--force.")
 @force_option
 @reports_value_errors
 def convert_official_cmd(src, model, dataset, out, force):
@@ -35,4 +36,5 @@ def convert_official_cmd(src, model, dataset, out, force):
     epoch = "" if res["official_epoch"] is None else f", epoch {res['official_epoch']}"
     click.echo(f"wrote {res['out']}: official {res['class']} ({res['layout']}{epoch}), {dataset}, "
                f"latent {cfg['latent_dim']}" + (f", T {cfg['T']}" if "T" in cfg else "")
-               + f"; {res['used_keys']} tensors used, {res['dropped_keys']} dropped; sha256 {res['source_sha256'][:16]}")
+               + f"; {res['used_keys']} tensors used, {res['dropped_keys']} dropped; "
+               f"sha256 {res['source_sha256'][:16]}")
