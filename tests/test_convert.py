@@ -92,21 +92,23 @@ def test_key_table_fills_every_key_of_ours_once(name, image_size):
 
 
 @pytest.mark.parametrize("name", ["esvae", "fsvae", "ann-vae"])
-@pytest.mark.parametrize("layout", ["plain", "wrapped"])
-def test_round_trip_restores_the_model(tmp_path, name, layout):
+@pytest.mark.parametrize("layout, dataset, size", [("plain", "cifar10", 32), ("wrapped", "cifar10", 32),
+                                                   ("plain", "celeba", 64)])
+def test_round_trip_restores_the_model(tmp_path, name, layout, dataset, size):
     """An official-layout file of a tiny model converts back to the same weights, config and outputs, and the
-    result loads through the package's own checkpoint loader with its provenance."""
-    model = randomised(name, in_channels=3)
+    result loads through the package's own checkpoint loader with its provenance (64x64: the Large classes)."""
+    model = randomised(name, image_size=size, in_channels=3)
     src = save_official(official_state(model, name), tmp_path / "best.pth", layout, epoch=41)
-    res = convert_official(src, name, "cifar10", tmp_path / "ours.pt")
+    res = convert_official(src, name, dataset, tmp_path / "ours.pt")
     loaded, ckpt = load_model(tmp_path / "ours.pt")
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
     assert loaded.config == model.config
-    assert ckpt["dataset"] == "cifar10" and ckpt["official"]["source_sha256"] == res["source_sha256"]
-    assert ckpt["official"]["class"] == {"esvae": "ESVAE", "fsvae": "FSVAE", "ann-vae": "VanillaVAE"}[name]
+    assert ckpt["dataset"] == dataset and ckpt["official"]["source_sha256"] == res["source_sha256"]
+    official_class = {"esvae": "ESVAE", "fsvae": "FSVAE", "ann-vae": "VanillaVAE"}[name]
+    assert ckpt["official"]["class"] == official_class + ("Large" if size == 64 else "")
     assert ckpt["epoch"] == (42 if layout == "wrapped" else None)
-    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    x = torch.rand(2, 3, size, size) * 2 - 1
     with torch.no_grad():
         assert torch.equal(loaded.eval().encode(x)[1], model.encode(x)[1])
 
@@ -266,7 +268,7 @@ def test_encoder_rates_and_decoder_equal_the_official(official, name):
 def test_esvae_bottleneck_equals_the_official_sample_layer(official, name):
     model, io, ckpt = official[name]
     with torch.no_grad():
-        rates = torch.sigmoid(model.prior_layer(io["z_n"]))
+        rates = model.bottleneck(io["z_n"])
     torch.testing.assert_close(rates, io["rates_p"], rtol=0, atol=1e-6)
     assert ckpt["config"]["latent_dim"] == io["z_n"].shape[1]
 
