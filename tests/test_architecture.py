@@ -15,7 +15,7 @@ LAYERS = (
     ("models",),                                       # ESVAE, FSVAE, ANN VAE, FAD autoencoders
     ("checkpoint", "data"),                            # files in, datasets in
     ("download", "presets", "resident_data", "prior"),
-    ("metrics", "train"),
+    ("metrics", "train", "convert"),
     ("experiments", "inference"),
     ("reproduce",),
     ("pretrained",),

@@ -45,13 +45,18 @@ class ESVAE(SpikingBackbone):
         self.prior_layer = nn.Linear(latent_dim, latent_dim)  # the "bottleneck" (reference: sample_layer)
         self.decoder = SpikingDecoder(in_channels, latent_dim, hidden, kernel_backend, bool(fuse_bn_lif))
 
+    def bottleneck(self, z_n: torch.Tensor) -> torch.Tensor:
+        """The prior rate of given normal draws: r_q = sigmoid(W z_n + b), ``[n, L] -> [n, L]`` (the
+        official ``sample_layer``)."""
+        return torch.sigmoid(self.prior_layer(z_n))
+
     def prior_rate(self, n: int, generator: Optional[torch.Generator] = None,
                    device: Optional[torch.device] = None) -> torch.Tensor:
-        """r_q = sigmoid(bottleneck(z_n)), z_n ~ N(0, I), shape ``[n, L]`` (the PRIOR of the paper's Alg. 1)."""
+        """r_q = bottleneck(z_n), z_n ~ N(0, I), shape ``[n, L]`` (the PRIOR of the paper's Alg. 1)."""
         weight = self.prior_layer.weight
         z_n = torch.randn(n, self.latent_dim, generator=generator, device=device or weight.device,
                           dtype=weight.dtype)
-        return torch.sigmoid(self.prior_layer(z_n))
+        return self.bottleneck(z_n)
 
     def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None):
         _, posterior_rate = self.encode(x)
