@@ -105,7 +105,8 @@ def _fit(config: TrainConfig, rank: int, world: int, local_rank: int, on_epoch_e
         raise TrainingInterrupted(f"{name}: stopped at step {run.step} with its state saved in {run.out}; "
                                   f"resume with: {resume_command(run.out)}", signum=stop.signum,
                                   path=run.out / RESUME_FILE, resume=resume_command(run.out))
-    return {**_results(run, metrics or run.last_metrics, t_start), "stopped": "rule" if stop else None}
+    return {**_results(run, metrics or run.last_metrics, t_start), "stopped": "rule" if stop else None,
+            "units": run.control.units}
 
 
 def resume_command(out) -> str:
@@ -210,7 +211,7 @@ def _checkpoint_state(run: Run, epoch: int, batch: int, metrics: dict) -> dict:
     """What every checkpoint of the run holds at (`epoch` epochs finished, `batch` batches into the next),
     with the caller's extras."""
     state = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "epoch": epoch,
-             "batch": batch, "step": run.step, "config": run.model_config, "train_config": run.cfg.to_dict(),
+             "batch": batch, "batches": len(run.loaders.train), "step": run.step, "config": run.model_config, "train_config": run.cfg.to_dict(),
              "dataset": run.cfg.dataset, "metrics": metrics,
              "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None, "world_size": run.world}
     if run.checkpoint_extras is not None:
@@ -234,7 +235,7 @@ def _save_resume(run: Run, epoch: int, batch: int, entry: dict) -> None:
     ranks = gather(entry, run.world)
     if run.is_main:
         state = _checkpoint_state(run, epoch, batch, run.last_metrics)
-        state.update(batches=len(run.loaders.train), ranks=ranks, best_test_loss=run.best)
+        state.update(ranks=ranks, best_test_loss=run.best)
         save_checkpoint(run.out / RESUME_FILE, state)
     barrier(run.world)
     run.saved_step = run.step
@@ -266,7 +267,7 @@ def _train_epoch(run: Run, epoch: int, model_gen: torch.Generator, steps_bar=Non
                                                        desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show,
                                                        dynamic_ncols=True)
     while not run.steps_done():
-        if control.due(control.spent / control.units if control.units else None, run.world):
+        if control.due(control.spent / control.steps if control.steps else None, run.world):
             _stop(run, epoch, progress.batch, progress.entry(run, model_gen))
         t0 = time.time()
         try:
@@ -280,7 +281,7 @@ def _train_epoch(run: Run, epoch: int, model_gen: torch.Generator, steps_bar=Non
         loss_value = _step(run, epoch, x, model_gen, progress)
         seconds = time.time() - t0
         progress.seconds += seconds
-        control.spent, control.units = control.spent + seconds, control.units + 1
+        control.spent, control.steps, control.units = control.spent + seconds, control.steps + 1, control.units + 1
         if show:
             if steps_bar is not None:
                 bar.set_description_str(f"step {run.step}/{bar.total} (epoch {epoch + 1})", refresh=False)

@@ -68,7 +68,8 @@ class StopControl:
     `fit` call; next_seconds: the measured cost of the next one, None before it is measured)."""
 
     def __init__(self, rule: Optional[Callable[[int, Optional[float]], bool]] = None):
-        self.rule, self.signum, self.units, self.spent = rule, None, 0, 0.0  # spent: seconds of the steps
+        self.rule, self.signum, self.units = rule, None, 0
+        self.steps, self.spent = 0, 0.0  # optimizer steps of this call and their wall seconds
 
     def _handle(self, signum, frame) -> None:
         self.signum = signum
