@@ -98,10 +98,9 @@ class StopControl:
 
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: workers ignore SIGINT / SIGTERM sent to the whole process group, so the
-    main process can finish its step and save; they end with it."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+    """DataLoader `worker_init_fn`: workers ignore a Ctrl-C (SIGINT to the whole process group), so the main
+    process can finish its step and save; they end with it. (SIGTERM stays: it is how they are ended.)"""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class SkipSampler(Sampler):
