@@ -17,16 +17,13 @@ raised), and when the caller's `stop_rule` says stop (then fit returns with `sto
 from __future__ import annotations
 
 import math
-import random
 import shlex
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -34,8 +31,8 @@ from ..runtime import derived_seed, eval_mode, resolve_device
 from .config import TrainConfig
 from .distributed import all_sum, barrier, dist_setup, on_rank0
 from .outputs import grid_due, prepare_out, release_lock, write_epoch, write_grids
-from .resume import (RESUME_FILE, StopAtStep, TrainingInterrupted, batches_from, capture_rank_state, gather,
-                     restore_rank_state)
+from .resume import (RESUME_FILE, EpochProgress, StopAtStep, TrainingInterrupted, batches_from, gather,
+                     restore_rank_state, seed_streams)
 from .state import Run, setup_run, use_resident_data
 from ..checkpoint import save_checkpoint
 
@@ -136,34 +133,12 @@ def _steps_bar(run: Run):
                 disable=not (run.is_main and cfg.progress), dynamic_ncols=True, leave=True)
 
 
-@dataclass
-class _Progress:
-    """Where one process stands in an epoch: batches done, its (unreduced) sums of the batch-size-weighted
-    loss terms, images seen and training seconds."""
-
-    batch: int = 0
-    sums: dict = field(default_factory=dict)
-    seen: int = 0
-    seconds: float = 0.0
-
-    def entry(self, run: Run, model_gen) -> dict:
-        """This process's `ranks` entry of resume.pt at the current step boundary."""
-        return capture_rank_state(run.device, model_gen, self.sums, self.seen, self.seconds)
-
-
-def _seed_streams(seed: int, epoch: int, rank: int) -> None:
-    """Re-seed the global torch, python and numpy streams from (seed, epoch, rank)."""
-    torch.manual_seed(derived_seed(seed, epoch, rank, "torch"))
-    random.seed(derived_seed(seed, epoch, rank, "python"))
-    np.random.seed(derived_seed(seed, epoch, rank, "numpy") % 2 ** 32)
-
-
 def _epoch(run: Run, epoch: int, *, steps_bar=None) -> dict:
     """Train one epoch, evaluate, write the epoch's files (rank 0); returns the epoch's metrics.
     `steps_bar`: the run's step bar (under --max-steps), else each epoch shows its own bar."""
     cfg, rank = run.cfg, run.rank
     # re-seed every stream from (seed, epoch, rank): exact resume at epoch boundaries
-    _seed_streams(cfg.seed, epoch, rank)
+    seed_streams(cfg.seed, epoch, rank)
     run.loaders.generator.manual_seed(derived_seed(cfg.seed, epoch, rank, "loader"))
     model_gen = torch.Generator(device=run.device).manual_seed(derived_seed(cfg.seed, epoch, rank, "model"))
     if run.world > 1:
@@ -172,7 +147,7 @@ def _epoch(run: Run, epoch: int, *, steps_bar=None) -> dict:
         run.model.set_epoch(epoch, cfg.epochs)
     run.model.train()
     progress = _train_epoch(run, epoch, model_gen, steps_bar)
-    boundary = progress.entry(run, model_gen)  # the state a stop during the test pass saves
+    boundary = progress.entry(run.device, model_gen)  # the state a stop during the test pass saves
     test = _test_pass(run, epoch, progress.batch, boundary)
     train = _reduce({**progress.sums, "count": float(progress.seen)}, run.world)
     run.train_images += int(train["count"])
@@ -184,7 +159,7 @@ def _epoch(run: Run, epoch: int, *, steps_bar=None) -> dict:
                "images_per_s": train["count"] / progress.seconds, "epoch_seconds": progress.seconds}
     if not math.isfinite(metrics["test_loss"]):
         raise NonFiniteLossError(f"the test loss became {metrics['test_loss']} after epoch {epoch + 1}; "
-                                 f"stopped, {run.out / 'last.pt'} is left at epoch {epoch}. {_nan_advice(epoch)}")
+                                 f"stopped, {run.out / 'last.pt'} is left at epoch {epoch}. {_nan_advice(True)}")
     if run.is_main:
         _write_epoch_outputs(run, epoch, metrics)
     run.last_metrics = metrics
@@ -251,24 +226,24 @@ def _stop(run: Run, epoch: int, batch: int, entry: dict) -> None:
     raise StopAtStep(run.control.signum)
 
 
-def _train_epoch(run: Run, epoch: int, model_gen: torch.Generator, steps_bar=None) -> _Progress:
+def _train_epoch(run: Run, epoch: int, model_gen: torch.Generator, steps_bar=None) -> EpochProgress:
     """The optimizer steps of one epoch (from resume.pt's batch when the run resumes inside it); returns this
     process's progress. Checks for a stop before every batch is fetched (a fetch may draw random numbers)."""
     from tqdm.auto import tqdm
     cfg, loader, control = run.cfg, run.loaders.train, run.control
     point, run.resume_point = run.resume_point, None
-    progress = _Progress()
+    progress = EpochProgress()
     batches = batches_from(loader, point["batch"] if point else 0)
     if point is not None:
         sums, seen, seconds = restore_rank_state(point["ranks"][run.rank], run.device, model_gen)
-        progress = _Progress(int(point["batch"]), sums, seen, seconds)
+        progress = EpochProgress(int(point["batch"]), sums, seen, seconds)
     show = run.is_main and cfg.progress
     bar = steps_bar if steps_bar is not None else tqdm(total=len(loader), initial=progress.batch, leave=True,
                                                        desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show,
                                                        dynamic_ncols=True)
     while not run.steps_done():
         if control.due(control.spent / control.steps if control.steps else None, run.world):
-            _stop(run, epoch, progress.batch, progress.entry(run, model_gen))
+            _stop(run, epoch, progress.batch, progress.entry(run.device, model_gen))
         t0 = time.time()
         try:
             x, _ = next(batches)
@@ -277,7 +252,7 @@ def _train_epoch(run: Run, epoch: int, model_gen: torch.Generator, steps_bar=Non
         except Exception:
             if control.signum is None:
                 raise
-            _stop(run, epoch, progress.batch, progress.entry(run, model_gen))  # a worker ended by the signal
+            _stop(run, epoch, progress.batch, progress.entry(run.device, model_gen))  # a worker ended by the signal
         loss_value = _step(run, epoch, x, model_gen, progress)
         seconds = time.time() - t0
         progress.seconds += seconds
@@ -288,23 +263,24 @@ def _train_epoch(run: Run, epoch: int, model_gen: torch.Generator, steps_bar=Non
             bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
         bar.update(1)
         if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0:
-            _save_resume(run, epoch, progress.batch, progress.entry(run, model_gen))
+            _save_resume(run, epoch, progress.batch, progress.entry(run.device, model_gen))
     if steps_bar is None:
         bar.close()
     return progress
 
 
-def _step(run: Run, epoch: int, x, model_gen, progress: _Progress) -> float:
+def _step(run: Run, epoch: int, x, model_gen, progress: EpochProgress) -> float:
     """One optimizer step on batch `x`, added to `progress`; NonFiniteLossError on a NaN / inf loss."""
     x = x.to(run.device, non_blocking=True)
     terms, loss_value = train_step(run.net, run.model, run.optimizer, run.scaler, x, generator=model_gen,
                                    amp=run.cfg.amp, world=run.world)
     if terms is None:
-        kept = (f"the last good checkpoint is {run.out / 'last.pt'} (epoch {epoch})" if epoch
-                else "no checkpoint was written yet")
+        newest = run.out / (RESUME_FILE if (run.out / RESUME_FILE).is_file() else "last.pt")
+        kept = (f"the last good checkpoint is {newest} (epoch {epoch}, step {run.saved_step})"
+                if run.saved_step is not None else "no checkpoint was written yet")
         raise NonFiniteLossError(
             f"the training loss became {loss_value:.4g} at epoch {epoch + 1}, step {run.step + 1}; stopped, "
-            f"{kept}. {_nan_advice(epoch)}")
+            f"{kept}. {_nan_advice(run.saved_step is not None)}")
     n = x.shape[0]
     progress.seen += n
     progress.batch += 1
@@ -314,9 +290,9 @@ def _step(run: Run, epoch: int, x, model_gen, progress: _Progress) -> float:
     return loss_value
 
 
-def _nan_advice(epoch: int) -> str:
+def _nan_advice(saved: bool) -> str:
     """What to do after a NaN stop (a --resume keeps the run's options, so it would fail the same way)."""
-    if not epoch:
+    if not saved:
         return "Lower --lr, use --amp off or check the data, then rerun the command (the folder is reused)"
     return ("Lower --lr, use --amp off or check the data, then start over with --force or another --out "
             "(--resume keeps the run's own --lr and would stop here again)")

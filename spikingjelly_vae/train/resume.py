@@ -24,6 +24,7 @@ import random
 import signal
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -33,8 +34,9 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 
 from ..checkpoint import load_checkpoint
+from ..runtime import derived_seed
 
-__all__ = ["RESUME_FILE", "RESUME_KEYS", "StopControl", "StopAtStep", "TrainingInterrupted", "SkipSampler",
+__all__ = ["RESUME_FILE", "RESUME_KEYS", "EpochProgress", "seed_streams", "StopControl", "StopAtStep", "TrainingInterrupted", "SkipSampler",
            "capture_rank_state", "restore_rank_state", "gather", "batches_from", "resume_source",
            "ignore_stop_signals"]
 
@@ -138,6 +140,28 @@ def batches_from(loader, start: int):
 
 
 # ------------------------------------------------------------------------------ random streams and sums
+def seed_streams(seed: int, epoch: int, rank: int) -> None:
+    """Re-seed the global torch, python and numpy streams from (seed, epoch, rank) (each epoch's start)."""
+    torch.manual_seed(derived_seed(seed, epoch, rank, "torch"))
+    random.seed(derived_seed(seed, epoch, rank, "python"))
+    np.random.seed(derived_seed(seed, epoch, rank, "numpy") % 2 ** 32)
+
+
+@dataclass
+class EpochProgress:
+    """Where one process stands in an epoch: batches done, its (unreduced) sums of the batch-size-weighted
+    loss terms, images seen and training seconds."""
+
+    batch: int = 0
+    sums: dict = field(default_factory=dict)
+    seen: int = 0
+    seconds: float = 0.0
+
+    def entry(self, device: torch.device, model_gen: torch.Generator) -> dict:
+        """This process's `ranks` entry of resume.pt at the current step boundary."""
+        return capture_rank_state(device, model_gen, self.sums, self.seen, self.seconds)
+
+
 def capture_rank_state(device: torch.device, model_gen: torch.Generator, sums: dict, seen: int,
                        seconds: float) -> dict:
     """This process's entry of `ranks` at a step boundary."""
