@@ -195,3 +195,15 @@ def test_budgeted_reproduce_stops_inside_the_epoch_and_continues_exactly(tmp_pat
     b = load_checkpoint(split / "mnist" / "esvae" / "last.pt")
     same_training_state(a, b)
     assert torch.equal(torch.tensor(a["step"]), torch.tensor(b["step"]))
+
+
+def test_damaged_resume_file_is_named_in_one_line(tmp_path):
+    cut = tmp_path / "cut"
+    assert sjvae("train", "--out", cut, "--max-steps", 3, "--no-progress", *TINY).returncode == 0
+    good = (cut / "resume.pt").read_bytes()
+    (cut / "resume.pt").write_bytes(good[:len(good) // 2])
+    res = sjvae("train", "--resume", "--out", cut, "--max-steps", 6)
+    errors = [line for line in res.stderr.splitlines() if line.startswith("Error:")]
+    assert res.returncode == 2 and len(errors) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "resume.pt" in errors[0] and "delete" in errors[0]
+    assert (cut / "resume.pt").read_bytes() == good[:len(good) // 2]  # left for the user to look at

@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import CheckpointError, load_checkpoint
 from ..runtime import derived_seed
 
 __all__ = ["RESUME_FILE", "RESUME_KEYS", "EpochProgress", "seed_streams", "StopControl", "StopAtStep", "TrainingInterrupted", "SkipSampler",
@@ -209,7 +209,11 @@ def resume_source(out: Path) -> Path:
     last, step_file = out / "last.pt", out / RESUME_FILE
     if not step_file.is_file():
         return last
+    try:
+        step = int(load_checkpoint(step_file).get("step", 0))
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}; delete {step_file} to continue from last.pt (the end of the last finished "
+                              "epoch) instead") from None
     if not last.is_file():
         return step_file
-    steps = [int(load_checkpoint(p).get("step", 0)) for p in (last, step_file)]
-    return step_file if steps[1] >= steps[0] else last
+    return step_file if step >= int(load_checkpoint(last).get("step", 0)) else last
