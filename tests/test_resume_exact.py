@@ -88,6 +88,9 @@ def test_signal_mid_epoch_then_resume_is_exact(full, tmp_path, sig, extra, same_
     proc = start("train", "--out", cut, *TINY, *extra)
     wait_for(proc, lambda: in_epoch_one(proc))
     proc.send_signal(sig)
+    if sig == signal.SIGTERM:  # a scheduler that repeats itself: the save goes on
+        time.sleep(0.01)
+        proc.send_signal(sig)
     proc.wait(timeout=300)
     err = "".join(proc.err)
     assert proc.returncode == 128 + sig, err
@@ -100,6 +103,24 @@ def test_signal_mid_epoch_then_resume_is_exact(full, tmp_path, sig, extra, same_
     assert res.returncode == 0, res.stderr
     assert_same_run(full, cut, same_training_state)
     assert not (cut / "resume.pt").exists()  # superseded by the last epoch's last.pt
+
+
+def test_sigterm_during_the_test_pass_then_resume_is_exact(tmp_path, same_training_state):
+    """The test pass at the end of epoch 1 (2,000 test images) is cut short; the resumed run redoes it."""
+    args = [*TINY[:TINY.index("--test-subset")], "--test-subset", 2000, *TINY[TINY.index("--test-subset") + 2:]]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert sjvae("train", "--out", full, "--no-progress", *args).returncode == 0
+    proc = start("train", "--out", cut, *args)
+    wait_for(proc, lambda: in_epoch_one(proc, 20))  # the training steps of epoch 1 are done
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, "".join(proc.err)
+    state = load_checkpoint(cut / "resume.pt")
+    assert (state["epoch"], state["batch"], state["step"]) == (0, 20, 20) and not (cut / "last.pt").exists()
+    res = sjvae("train", "--resume", "--out", cut, "--no-progress")
+    assert res.returncode == 0, res.stderr
+    same_training_state(load_checkpoint(full / "last.pt"), load_checkpoint(cut / "last.pt"))
+    assert _log_numbers(full) == _log_numbers(cut)
 
 
 def test_checkpoint_every_then_kill_9_is_exact(full, tmp_path, same_training_state):

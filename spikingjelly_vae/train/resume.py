@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import random
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -75,10 +76,10 @@ class StopControl:
 
     def _handle(self, signum, frame) -> None:
         self.signum = signum
-        for sig, old in self._old.items():  # a second signal acts as it would without us
-            signal.signal(sig, old)
+        if signal.SIGINT in self._old:  # a second Ctrl-C stops at once; further SIGTERMs change nothing
+            signal.signal(signal.SIGINT, self._old.pop(signal.SIGINT))
         print(f"received {signal.Signals(signum).name}: saving the run at the next step boundary "
-              "(send it again to stop at once)", flush=True)
+              "(Ctrl-C again stops at once, without saving)", file=sys.stderr, flush=True)
 
     @contextmanager
     def signals(self):
