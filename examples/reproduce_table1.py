@@ -41,7 +41,7 @@ def main(argv=None):
     if args.quick:
         extra = {"preset_overrides": {m: {**QUICK, **({} if m == "ann-vae" else {"T": 4})} for m in models},
                  "eval_options": {"metrics": ("mse",), "mse_num": 32},
-                 "robustness_options": {"num_images": 16, "batch_size": 16}}
+                 "robustness_options": {"num_images": 16, "batch_size": 16}, "quick": True}
     return reproduce(dataset=args.dataset, models=models, out=args.out, budget_minutes=args.budget_minutes,
                      reevaluate=args.reevaluate, data_root=args.data_root, cache_dir=args.cache_dir,
                      fad_dir=args.fad_dir, inception_weights=args.inception_weights,

@@ -136,6 +136,7 @@ class ResidentLoader:
         self.data, self.batch_size, self.shuffle, self.drop_last = data, batch_size, shuffle, drop_last
         self.flip = data.flip if flip is None else bool(flip)
         self.generator, self.sampler = generator, sampler
+        self.skip = 0  # the next pass starts at this batch (the plan is drawn whole; train/resume.py)
 
     def __len__(self) -> int:
         n = len(self.sampler) if self.sampler is not None else len(self.data)
@@ -158,11 +159,12 @@ class ResidentLoader:
 
     def __iter__(self):
         order, flips = self.epoch_plan()
+        skip, self.skip = self.skip, 0
         dev = self.data.images.device
         order = order.to(dev, non_blocking=True)
         flips = None if flips is None else flips.to(dev, non_blocking=True)
         images, labels, lut, bs = self.data.images, self.data.labels, self.data.lut, self.batch_size
-        for b in range(len(self)):
+        for b in range(skip, len(self)):
             idx = order[b * bs:(b + 1) * bs]
             u = images.index_select(0, idx)
             if flips is not None:

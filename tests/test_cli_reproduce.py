@@ -13,7 +13,8 @@ from spikingjelly_vae.cli.reproduce import QUICK_TRAIN
 
 SHARED = Path(os.environ.get("SJVAE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 pytestmark = pytest.mark.skipif(not (SHARED / "MNIST").is_dir(), reason="shared data not found")
-STATUS = re.compile(r"esvae: (\d+)/(\d+) epochs, ([\d.]+) s/epoch measured, ([\d.]+) min of training left")
+STATUS = re.compile(r"esvae: (\d+)/(\d+) epochs(?: \+ (\d+)/(\d+) steps of epoch \d+)?, ([\d.]+) s/epoch measured, "
+                    r"([\d.]+) min of training left")
 
 
 def invoke(*args):
@@ -32,11 +33,12 @@ def reproduce(out, *extra):
 
 
 def test_budgeted_calls_report_progress_then_evaluate(tmp_path):
-    res = reproduce(tmp_path, "--budget-minutes", 1e-4)  # 6 ms: the first epoch runs, then it stops
+    res = reproduce(tmp_path, "--budget-minutes", 1e-4)  # 6 ms: the first step runs, then it stops and saves
     assert res.exit_code == 0, res.output
-    done, total, per_epoch, left = STATUS.search(res.output).groups()
-    assert (int(done), int(total)) == (1, QUICK_TRAIN["epochs"]) and float(per_epoch) > 0
-    assert abs(float(left) - float(per_epoch) / 60) <= 0.051  # one epoch left, at the measured pace
+    done, total, batch, batches, per_epoch, left = STATUS.search(res.output).groups()
+    assert (int(done), int(total), int(batch), int(batches)) == (0, QUICK_TRAIN["epochs"], 1, 2)
+    assert float(per_epoch) > 0
+    assert abs(float(left) - 1.5 * float(per_epoch) / 60) <= 0.051  # 1.5 epochs left, at the measured pace
     assert "rerun to continue" in res.output
     folder = tmp_path / "mnist"
     assert not (folder / "esvae" / "last.pt.eval-reference.json").exists()
@@ -44,7 +46,7 @@ def test_budgeted_calls_report_progress_then_evaluate(tmp_path):
 
     res = reproduce(tmp_path)
     assert res.exit_code == 0, res.output
-    done, total, _, left = STATUS.search(res.output).groups()
+    done, total, _, _, _, left = STATUS.search(res.output).groups()
     assert int(done) == int(total) == 2 and float(left) == 0 and "schedule complete" in res.output
     assert "all schedules complete and evaluated" in res.output
     table = json.loads((folder / "table1.json").read_text())

@@ -1,6 +1,6 @@
-"""Issue 13 under faults: resume, run folders, caches and inputs. One test (or a few) per numbered case of the
-issue; the crash cases run the real CLI in a subprocess stopped by the test-only hook SJVAE_TEST_KILL_AFTER
-(train/outputs.py `kill_point`), then resume in this process and compare with an uninterrupted run bit for bit.
+"""Faults: resume, run folders, caches and inputs. The crash cases run the real CLI in a subprocess and kill it
+from the outside (kill -9 once its progress is seen on disk), or leave a run folder as a kill between an
+epoch's writes leaves it; then resume and compare with an uninterrupted run bit for bit.
 Tiny runs: MNIST 64/32 images, batch 16, ESVAE hidden=(4,4,8,8), T=4, latent 8."""
 import csv
 import errno
@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,6 @@ from click.testing import CliRunner
 from spikingjelly_vae import data
 from spikingjelly_vae.checkpoint import load_checkpoint
 from spikingjelly_vae.cli import main
-from spikingjelly_vae.train.outputs import KILL_EXIT
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SJVAE_TEST_DATA", REPO.parent / "shared" / "data"))
@@ -128,21 +128,34 @@ def test_nan_before_first_checkpoint_then_plain_rerun(tmp_path, monkeypatch):
 
 
 # 2. a kill between an epoch's writes: resume redoes best.pt, the log row and the grids; ends bitwise equal
-@pytest.mark.parametrize("point", ["last.pt@2", "log.csv@2"])
+def _cut_between_writes(full, cut, point):
+    """`cut`: the folder a kill right after epoch 2's `point` write (last.pt or log.csv) leaves: `full` after
+    epoch 2 (same seed, same numbers), without that epoch's later writes."""
+    shutil.copytree(full, cut)
+    rows = (cut / "log.csv").read_text().splitlines()
+    (cut / "log.csv").write_text("\n".join(rows[:2 if point == "last.pt" else 3]) + "\n")
+    for grid in (cut / "images").glob("*_epoch0002.png"):
+        grid.unlink()
+    if point == "last.pt":
+        shutil.copyfile(cut / "checkpoints" / "epoch0001.pt", cut / "best.pt")  # best.pt of epoch 1
+    (cut / "checkpoints" / "epoch0002.pt").unlink()
+    (cut / ".lock").write_text("999999999\n")  # the lock of a dead process
+
+
+@pytest.mark.parametrize("point", ["last.pt", "log.csv"])
 def test_kill_between_epoch_writes_then_resume(tmp_path, point):
-    full, cut = tmp_path / "full", tmp_path / "cut"
+    full, two, cut = tmp_path / "full", tmp_path / "two", tmp_path / "cut"
     assert invoke("train", "--out", full, "--epochs", 3, *TINY).exit_code == 0
-    proc = sjvae("train", "--out", cut, "--epochs", 3, *TINY, env={"SJVAE_TEST_KILL_AFTER": point})
-    assert proc.returncode == KILL_EXIT, proc.stderr
+    assert invoke("train", "--out", two, "--epochs", 2, "--keep-every", 1, *TINY).exit_code == 0
+    _cut_between_writes(two, cut, point)
     assert load_checkpoint(cut / "last.pt")["epoch"] == 2 and not (cut / "images" / "recon_epoch0002.png").exists()
-    assert _rows(cut) == ([1] if point.startswith("last") else [1, 2])
+    assert _rows(cut) == ([1] if point == "last.pt" else [1, 2])
     losses = [float(r["test_loss"]) for r in _log_numbers(full)]
     assert losses[1] < losses[0]  # epoch 2 improved: after a kill at last.pt@2, best.pt must be redone
-    assert load_checkpoint(cut / "best.pt")["epoch"] == (1 if point.startswith("last") else 2)
+    assert load_checkpoint(cut / "best.pt")["epoch"] == (1 if point == "last.pt" else 2)
     stale = cut / ".best.pt.k1ll3d.tmp.pt"  # what a kill during best.pt's atomic write leaves
     stale.write_bytes(os.urandom(1 << 20))
-    assert (cut / ".lock").read_text().strip().isdigit()  # the dead process's lock
-    res = invoke("train", "--out", cut, "--resume", "--epochs", 3)
+    res = invoke("train", "--out", cut, "--resume", "--epochs", 3, "--keep-every", 0)
     assert res.exit_code == 0, res.output
     assert not stale.exists() and not (cut / ".lock").exists()
     assert _rows(cut) == [1, 2, 3]
@@ -153,6 +166,34 @@ def test_kill_between_epoch_writes_then_resume(tmp_path, point):
     assert sorted(p.name for p in (cut / "images").iterdir()) == sorted(p.name for p in (full / "images").iterdir())
     grid = Path("images") / "recon_epoch0002.png"
     assert (cut / grid).read_bytes() == (full / grid).read_bytes()
+
+
+def test_kill_9_after_an_epochs_checkpoint_then_resume(tmp_path):
+    """kill -9 as soon as epoch 2's last.pt is seen (wherever the process then is), then --resume."""
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert invoke("train", "--out", full, "--epochs", 3, *TINY).exit_code == 0
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "spikingjelly_vae.cli", "train", "--out", str(cut), "--epochs",
+                             "3", *TINY], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while proc.poll() is None and not _epoch_at_least(cut / "last.pt", 2):
+            time.sleep(0.005)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -9 and load_checkpoint(cut / "last.pt")["epoch"] >= 2
+    res = invoke("train", "--out", cut, "--resume", "--epochs", 3)
+    assert res.exit_code == 0, res.output
+    assert _rows(cut) == [1, 2, 3] and _log_numbers(cut) == _log_numbers(full)
+    for name in ("last.pt", "best.pt"):
+        assert _same_weights(full / name, cut / name), name
+
+
+def _epoch_at_least(path, epoch):
+    try:
+        return load_checkpoint(path)["epoch"] >= epoch
+    except Exception:  # not there yet
+        return False
 
 
 def test_second_writer_is_refused(ckpt, tmp_path):

@@ -45,21 +45,28 @@ def test_should_stop_rules():
     assert rp.should_stop(remaining_s=None, seconds_per_epoch=1.0, epochs_run=2, max_epochs=2)
 
 
-def test_budgeted_calls_equal_one_call_and_evaluate_once(tmp_path):
+def test_budgeted_calls_stop_inside_epochs_and_equal_one_call(tmp_path):
     whole = run(tmp_path / "whole")
     assert whole["complete"] and whole["models"]["esvae"]["calls"] == 1
     split_out = tmp_path / "split"
     eval_file = split_out / "mnist" / "esvae" / rp.EVAL_FILE
-    for k in (1, 2):  # a budget of 6 ms: each call runs its first epoch only, then stops cleanly
+    positions = []
+    for _ in range(20):  # a budget of 6 ms: each call runs one step (or one test pass), then saves and stops
         res = run(split_out, budget_minutes=1e-4)
+        if res["complete"]:
+            break
         st = res["models"]["esvae"]
-        assert (st["epochs_done"], st["stopped"], st["complete"]) == (k, "budget", False)
+        assert st["stopped"] == "budget" and not st["complete"]
         assert not eval_file.exists()  # no evaluation before the schedule is complete
+        positions.append((st["epochs_done"], (st["in_epoch"] or {}).get("batch", 0)))
         table = json.loads((split_out / "mnist" / "table1.json").read_text())
-        assert table["progress"]["esvae"]["epochs_done"] == k
+        assert table["progress"]["esvae"]["epochs_done"] == st["epochs_done"]
         assert all(r["kind"] == "published" for r in table["rows"])
-    res = run(split_out, budget_minutes=1e-4)
-    assert res["complete"] and res["models"]["esvae"]["calls"] == 3 and eval_file.is_file()
+    # 3 steps per epoch: the work of each call is kept inside the epoch; the test pass is a call's first unit
+    assert positions == [(0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2), (1, 3), (2, 0), (2, 1), (2, 2), (2, 3)]
+    assert res["complete"] and eval_file.is_file()
+    state = json.loads((split_out / "mnist" / "esvae" / rp.STATE_FILE).read_text())
+    assert len(state["calls"]) == 12 and sum(c["steps"] for c in state["calls"]) == 9
 
     a = load_checkpoint(tmp_path / "whole" / "mnist" / "esvae" / "last.pt")
     b = load_checkpoint(split_out / "mnist" / "esvae" / "last.pt")
@@ -73,7 +80,7 @@ def test_budgeted_calls_equal_one_call_and_evaluate_once(tmp_path):
     # a rerun on a complete folder neither trains nor evaluates, unless asked to re-evaluate
     stamp = eval_file.stat().st_mtime_ns
     res = run(split_out)
-    assert res["models"]["esvae"]["calls"] == 3 and eval_file.stat().st_mtime_ns == stamp
+    assert res["models"]["esvae"]["calls"] == 12 and eval_file.stat().st_mtime_ns == stamp
     run(split_out, reevaluate=True)
     assert eval_file.stat().st_mtime_ns != stamp
 
@@ -145,8 +152,8 @@ def test_example_script_quick(tmp_path, capsys):
     spec.loader.exec_module(module)
     res = module.main(["--dataset", "mnist", "--models", "esvae", "--out", str(tmp_path), "--data-root",
                        str(SHARED), "--device", "cpu", "--quick", "--budget-minutes", "0.0001"])
-    assert res["models"]["esvae"]["epochs_done"] == 1 and not res["complete"]
-    assert "esvae: 1/2 epochs" in capsys.readouterr().out
+    assert res["models"]["esvae"]["in_epoch"] == {"batch": 1, "batches": 2} and not res["complete"]
+    assert "esvae: 0/2 epochs + 1/2 steps of epoch 1" in capsys.readouterr().out
 
 
 def test_a_call_killed_in_its_first_epoch_is_started_over(tmp_path):

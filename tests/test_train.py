@@ -286,6 +286,33 @@ def test_ddp_two_processes_gloo(tmp_path):
     assert load_checkpoint(out / "last.pt")["world_size"] == 2
 
 
+def _ddp_fit(rank, world, port, cfg):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    train.fit(train.TrainConfig(**cfg))
+
+
+def test_ddp_resume_inside_an_epoch_is_exact(tmp_path, same_training_state):
+    """resume.pt of a 2-process run holds both ranks' streams and sums; resumed by 2 processes it ends equal."""
+    import torch.multiprocessing as mp
+    full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+    base = {**TINY, "epochs": 1, "batch_size": 8, "device": "cpu"}  # 4 steps per rank
+    for cfg in ({**base, "out": full}, {**base, "out": cut, "max_steps": 3}):
+        mp.spawn(_ddp_fit, args=(2, _free_port(), cfg), nprocs=2, join=True)
+    state = load_checkpoint(Path(cut) / "resume.pt")
+    assert (state["batch"], state["step"], len(state["ranks"])) == (3, 3, 2)
+    assert not torch.equal(state["ranks"][0]["streams"]["model"], state["ranks"][1]["streams"]["model"])
+    mp.spawn(_ddp_fit, args=(2, _free_port(), {**base, "out": cut, "resume": True}), nprocs=2, join=True)
+    a, b = load_checkpoint(Path(full) / "last.pt"), load_checkpoint(Path(cut) / "last.pt")
+    same_training_state(a, b)
+    assert [r["train_loss"] for r in _rows(Path(full) / "log.csv")] == \
+        [r["train_loss"] for r in _rows(Path(cut) / "log.csv")]
+    with pytest.raises(ValueError, match="state of 2 processes"):  # one process cannot take it over
+        torch.save({**state, "step": 99}, Path(cut) / "resume.pt")
+        train.fit(train.TrainConfig(**{**base, "out": cut, "resume": True, "epochs": 2}))
+
+
 def test_reference_presets_and_overrides():
     """The official ESVAE configs (reference_spec 6.2): effective lr = lr * batch / 250, bottleneck x10."""
     rows = {d: presets.get_preset("esvae", d) for d in ("mnist", "fashion", "cifar10", "celeba")}

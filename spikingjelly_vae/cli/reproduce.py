@@ -32,8 +32,12 @@ def _models(ctx, param, value):
               help="Results folder; the runs go to OUT/<dataset>/<model>/, the table to "
                    "OUT/<dataset>/table1.md. Rerun the same command to continue.")
 @click.option("--budget-minutes", type=click.FloatRange(0, min_open=True), default=None,
-              help="Training time of this call: no epoch starts whose measured duration exceeds what is left "
-                   "(the first epoch of a call always runs) [default: no limit].")
+              help="Training time of this call: it stops at the step (or test batch) whose measured duration "
+                   "exceeds what is left, saving the exact state inside the epoch; the next call continues it "
+                   "(the first step of a call always runs) [default: no limit].")
+@click.option("--checkpoint-every", type=click.IntRange(1), default=None, metavar="N",
+              help="Also save the exact training state every N optimizer steps (a kill -9 loses at most N "
+                   "steps); SIGTERM and Ctrl-C always save it before exiting.")
 @click.option("--max-epochs-per-call", type=click.IntRange(1), default=None,
               help="Also stop each call after this many epochs in total.")
 @click.option("--reevaluate", is_flag=True, help="Evaluate complete schedules again.")
@@ -54,15 +58,21 @@ def _models(ctx, param, value):
               help="Smoke run of the whole pipeline on tiny models (2 epochs on 32 images, T=4, MSE on 32 "
                    "test images): checks a setup in minutes on a CPU. Its numbers are not Table I; use its "
                    "own --out.")
+@click.pass_context
 @reports_value_errors
-def reproduce_cmd(*, dataset, models, quick, **kwargs):
+def reproduce_cmd(ctx, *, dataset, models, quick, **kwargs):
     """Train ESVAE, FSVAE and the ANN VAE with the reference presets in budgeted, resumable calls, evaluate
     each finished schedule with the paper's protocols and write Table I (docs/reproduce.md)."""
     from ..reproduce import reproduce
+    from ..train import TrainingInterrupted
     if quick:
         kwargs.update(preset_overrides={m: {**QUICK_TRAIN, **({} if m == "ann-vae" else {"T": 4})}
                                         for m in models},
                       eval_options=QUICK_EVAL, robustness_options=QUICK_ROBUSTNESS)
-    res = reproduce(dataset=dataset, models=models, log=click.echo, **kwargs)
+    try:
+        res = reproduce(dataset=dataset, models=models, quick=quick, log=click.echo, **kwargs)
+    except TrainingInterrupted as stop:  # the state is saved: the same command continues it
+        click.echo(f"{stop.args[0].split(';')[0]}; rerun the same sjvae reproduce command to continue", err=True)
+        ctx.exit(128 + stop.signum)
     state = "all schedules complete and evaluated" if res["complete"] else "not complete: rerun to continue"
     click.echo(f"wrote {res['folder']}/table1.md and table1.json ({state})")

@@ -18,10 +18,13 @@ _run_folder = options(
                  help="Run folder (default runs/<dataset>-<model>-<timestamp>). A folder holding a run is never "
                       "overwritten without --resume or --force."),
     click.option("--resume", is_flag=True,
-                 help="Continue the run in --out from its last.pt (same optimizer state, next epoch); options not "
+                 help="Continue the run in --out exactly where it stopped (last.pt, or resume.pt inside an epoch); options not "
                       "given again are taken from the run's train_config.json. Only --epochs, --max-steps and "
                       "machinery options may change; new hyper-parameters need --force or another --out."),
     click.option("--force", is_flag=True, help="Start over in an --out that holds a run, replacing its run files."),
+    click.option("--checkpoint-every", type=click.IntRange(1), default=None, metavar="N",
+                 help="Also save the exact state inside an epoch (<out>/resume.pt) every N optimizer steps, so a "
+                      "kill -9 loses at most N steps. SIGTERM and Ctrl-C always save it before exiting."),
 )
 
 _preset = options(
@@ -100,7 +103,7 @@ def train_cmd(ctx, **opts):
     """
     from click.core import ParameterSource
 
-    from ..train import TrainConfig, fit
+    from ..train import TrainConfig, TrainingInterrupted, fit
     from ..train.loop import resume_command
     given = {k for k in opts if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
     model_kwargs = dict(opts.pop("model_opts"))
@@ -110,7 +113,11 @@ def train_cmd(ctx, **opts):
     opts["model_kwargs"] = model_kwargs
     if opts["resume"]:
         opts = _resumed_options(opts, given)
-    res = fit(TrainConfig.from_dict(opts))
+    try:
+        res = fit(TrainConfig.from_dict(opts))
+    except TrainingInterrupted as stop:  # its state is saved; the message holds the command that resumes it
+        click.echo(str(stop), err=True)
+        ctx.exit(128 + stop.signum)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return
     m = res["metrics"]

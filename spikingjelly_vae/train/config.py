@@ -44,6 +44,7 @@ class TrainConfig:
     grid_every: int = 1                       # image grids every N epochs and after the last (0: last only)
     grid_images: int = 64
     keep_every: int = 0                       # also keep checkpoints/epochNNNN.pt every N epochs (0: never)
+    checkpoint_every: Optional[int] = None    # also write the step-exact resume.pt every N optimizer steps
     # machinery
     seed: int = 42
     device: str = "auto"                      # auto | cpu | cuda | cuda:N (runtime.resolve_device)
@@ -92,7 +93,7 @@ def _check(cfg: TrainConfig) -> None:
     """ValueError for the first option of a resolved config that is out of range."""
     _check_positive(cfg, ("batch_size", "test_batch_size", "epochs", "grid_images"), int)
     _check_positive(cfg, ("lr",), float)
-    for key in ("max_steps", "train_subset", "test_subset"):
+    for key in ("max_steps", "train_subset", "test_subset", "checkpoint_every"):
         if getattr(cfg, key) is not None:
             _check_positive(cfg, (key,), int)
     if cfg.keep_every < 0:

@@ -2,7 +2,8 @@
 `best.pt` (when the test loss improves), `checkpoints/epochNNNN.pt` (every `keep_every` epochs),
 a row of `log.csv` per epoch (and TensorBoard scalars under `tb/` if installed), and the PNG grids
 `images/recon_epochNNNN.png` (originals and reconstructions, alternate rows) and
-`images/samples_epochNNNN.png`.
+`images/samples_epochNNNN.png`; `resume.pt`, the step-exact state inside an epoch, is written by the loop
+(train/resume.py) and removed here once the epoch's last.pt supersedes it.
 
 One epoch's outputs are last.pt, best.pt, the log row and the grids, written in that order. A crash
 between them is repaired on --resume (`repair_epoch`, from last.pt). The writer holds `<out>/.lock`
@@ -23,22 +24,15 @@ from ..atomic import atomic_write, atomic_write_text, write_json
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..data import to_unit_range
 from ..runtime import eval_mode
+from .resume import RESUME_FILE
 
 __all__ = ["RUN_FILES", "LOCK_FILE", "prepare_out", "release_lock", "repair_epoch", "CsvLog", "open_tensorboard",
-           "write_train_config", "write_epoch",
+           "write_train_config", "write_epoch", "lock_folder",
            "grid_due", "write_grids", "save_recon_grid", "save_sample_grid"]
 
-RUN_FILES = ("last.pt", "best.pt", "log.csv", "train_config.json", "images", "tb", "checkpoints")
+RUN_FILES = ("last.pt", "best.pt", RESUME_FILE, "log.csv", "train_config.json", "images", "tb", "checkpoints")
 LOCK_FILE = ".lock"
-KILL_EXIT = 86  # exit status of the test-only crash point below
-
-
-def kill_point(name: str, epoch: int) -> None:
-    """Test-only crash point: env SJVAE_TEST_KILL_AFTER=<name>[@<epoch>] (name: last.pt, best.pt, log.csv,
-    grids) ends the process at once (os._exit) right after that write, as a kill -9 would."""
-    want, _, at = os.environ.get("SJVAE_TEST_KILL_AFTER", "").partition("@")
-    if want == name and at in ("", str(epoch)):
-        os._exit(KILL_EXIT)
+_HELD: dict = {}  # lock files this process holds -> how many times taken (the lock is re-entrant)
 
 
 def prepare_out(cfg) -> Path:
@@ -56,10 +50,11 @@ def prepare_out(cfg) -> Path:
     else:
         out = Path(cfg.out)
     present = [name for name in RUN_FILES if (out / name).exists()]
-    finished = (out / "last.pt").is_file() or (out / "best.pt").is_file()
-    if cfg.resume and not (out / "last.pt").is_file():
-        raise ValueError(f"nothing to resume in {str(out)!r}: it has no last.pt (no epoch finished); rerun the "
-                         "same command without --resume to start the run there (its leftovers are replaced)")
+    finished = any((out / name).is_file() for name in ("last.pt", "best.pt", RESUME_FILE))
+    if cfg.resume and not ((out / "last.pt").is_file() or (out / RESUME_FILE).is_file()):
+        raise ValueError(f"nothing to resume in {str(out)!r}: it has no last.pt or {RESUME_FILE} (nothing was "
+                         "saved); rerun the same command without --resume to start the run there (its leftovers "
+                         "are replaced)")
     if finished and not cfg.resume and not cfg.force:
         raise ValueError(f"{str(out)!r} already holds a run ({', '.join(present)}); pass --resume to continue "
                          "it, --force to start over (its run files are replaced), or another --out")
@@ -76,8 +71,13 @@ def prepare_out(cfg) -> Path:
 
 
 def _acquire_lock(out: Path) -> None:
-    """Create <out>/.lock holding our pid; a lock of a live process -> ValueError, of a dead one is taken over."""
+    """Create <out>/.lock holding our pid; a lock of a live process -> ValueError, of a dead one is taken over.
+    Re-entrant: a lock this process holds is counted, and freed by the matching number of `release_lock`."""
     path = out / LOCK_FILE
+    key = str(path.resolve())
+    if key in _HELD and _lock_owner(path) == os.getpid():
+        _HELD[key] += 1
+        return
     for _ in range(3):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -90,6 +90,7 @@ def _acquire_lock(out: Path) -> None:
             continue
         with os.fdopen(fd, "w") as f:
             f.write(f"{os.getpid()}\n")
+        _HELD[key] = 1
         return
     raise ValueError(f"could not lock run folder {str(out)!r} (another process keeps taking {path})")
 
@@ -111,9 +112,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def lock_folder(out: Path) -> None:
+    """Take <out>/.lock (as a training run does) for other work on a run folder, e.g. its evaluation; ValueError
+    when another live process holds it. Free it with `release_lock`."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    _acquire_lock(Path(out))
+
+
 def release_lock(out: Path) -> None:
-    """Remove <out>/.lock if this process holds it."""
+    """Release <out>/.lock once; the file goes when this process has released it as often as it took it."""
     path = Path(out) / LOCK_FILE
+    key = str(path.resolve())
+    held = _HELD.pop(key, 1) - 1
+    if held > 0:
+        _HELD[key] = held
+        return
     if _lock_owner(path) == os.getpid():
         path.unlink(missing_ok=True)
 
@@ -172,14 +185,12 @@ def write_epoch(out: Path, cfg, state: dict, *, best: float, csv_log: CsvLog, wr
     best = min(best, metrics["test_loss"])
     state = {**state, "best_test_loss": best}
     save_checkpoint(out / "last.pt", state)
-    kill_point("last.pt", epoch)
+    (out / RESUME_FILE).unlink(missing_ok=True)  # a step-exact state inside this epoch: now superseded
     if improved:
         save_checkpoint(out / "best.pt", state)
-        kill_point("best.pt", epoch)
     if cfg.keep_every and epoch % cfg.keep_every == 0:  # the history of a run (Fig. 7 of the paper)
         save_checkpoint(out / "checkpoints" / f"epoch{epoch:04d}.pt", state)
     csv_log.write(metrics)
-    kill_point("log.csv", epoch)
     if writer is not None:
         for key, value in metrics.items():
             if key not in ("epoch", "step"):
@@ -197,7 +208,6 @@ def write_grids(out: Path, model, images: torch.Tensor, *, n_samples: int, epoch
     """The reconstruction and sample grids of epoch `epoch` (1-based); returns their paths as text."""
     recon = save_recon_grid(model, images, out / "images" / f"recon_epoch{epoch:04d}.png", generator)
     samples = save_sample_grid(model, n_samples, out / "images" / f"samples_epoch{epoch:04d}.png", generator)
-    kill_point("grids", epoch)
     return [str(recon), str(samples)]
 
 

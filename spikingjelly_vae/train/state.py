@@ -1,5 +1,5 @@
 """The state of a training run, built from a resolved TrainConfig: data, model (fresh, or from the
-run's last.pt), optimizer, data loaders, the DDP wrapper and the open log files."""
+run's last.pt or step-exact resume.pt), optimizer, data loaders, the DDP wrapper and the open log files."""
 from __future__ import annotations
 
 import json
@@ -16,6 +16,7 @@ from ..data import load_dataset
 from ..runtime import derived_seed
 from .config import TrainConfig, build_from_config
 from .distributed import is_distributed, on_rank0
+from .resume import RESUME_FILE, SkipSampler, StopControl, ignore_stop_signals, resume_source
 from .outputs import (CsvLog, grid_due, grids_missing, open_tensorboard, release_lock, repair_epoch, write_grids,
                       write_train_config)
 
@@ -23,7 +24,7 @@ from .outputs import (CsvLog, grid_due, grids_missing, open_tensorboard, release
 # Any other field (lr, weight decay, model options, batch, data, seed, ...) is fixed by the run's last.pt.
 RESUME_MAY_CHANGE = ("epochs", "max_steps", "data_root", "cache_dir", "out", "device", "amp", "num_workers",
                      "resume", "force", "progress", "tensorboard", "find_unused_parameters", "grid_every",
-                     "grid_images", "keep_every", "test_batch_size", "data_on_gpu", "download")
+                     "grid_images", "keep_every", "test_batch_size", "data_on_gpu", "download", "checkpoint_every")
 
 __all__ = ["Loaders", "Run", "load_data", "make_loaders", "setup_run", "use_resident_data"]
 
@@ -64,6 +65,11 @@ class Run:
     grids: list = field(default_factory=list)
     train_images: int = 0
     train_seconds: float = 0.0
+    resume_point: Optional[dict] = None     # resume.pt's state, until the loop has restored it
+    saved_step: Optional[int] = None        # optimizer steps of the newest state on disk (None: none yet)
+    last_metrics: dict = field(default_factory=dict)  # of the last finished epoch
+    control: StopControl = field(default_factory=StopControl)
+    checkpoint_extras: Any = None           # callable(state) -> dict of entries added to every checkpoint
 
     @property
     def is_main(self) -> bool:
@@ -134,22 +140,26 @@ def make_loaders(cfg: TrainConfig, train_set, test_set, device: torch.device, *,
         test = ResidentLoader(test_set, batch_size=cfg.test_batch_size)
         return Loaders(train, test, sampler, generator)
     pin = device.type == "cuda"
-    train = DataLoader(train_set, cfg.batch_size, sampler=sampler, num_workers=workers,
-                       drop_last=cfg.drop_last, generator=generator, pin_memory=pin)
-    test = DataLoader(test_set, cfg.test_batch_size, shuffle=False, num_workers=workers, pin_memory=pin)
+    init = ignore_stop_signals if workers else None  # the main process saves the run on SIGINT / SIGTERM
+    train = DataLoader(train_set, cfg.batch_size, sampler=SkipSampler(sampler), num_workers=workers,
+                       drop_last=cfg.drop_last, generator=generator, pin_memory=pin, worker_init_fn=init)
+    test = DataLoader(test_set, cfg.test_batch_size, shuffle=False, num_workers=workers, pin_memory=pin,
+                      worker_init_fn=init)
     return Loaders(train, test, sampler, generator)
 
 
 def _model(cfg: TrainConfig, out: Path):
-    """(model, model config, checkpoint or None): fresh from the seed, or the run's last.pt on resume."""
+    """(model, model config, checkpoint or None): fresh from the seed, or on resume the run's last.pt or
+    resume.pt, whichever holds more steps (resume.resume_source)."""
     if not cfg.resume:
         torch.manual_seed(cfg.seed)
         model_config, model = build_from_config(cfg)
         return model, model_config, None
-    model, ckpt = load_model(out / "last.pt", map_location="cpu")  # CheckpointError if unusable
+    path = resume_source(out)
+    model, ckpt = load_model(path, map_location="cpu")  # CheckpointError if unusable
     saved = ckpt.get("train_config") or {}
     if (saved.get("dataset"), saved.get("model")) != (cfg.dataset, cfg.model):
-        raise ValueError(f"{out / 'last.pt'} is a {saved.get('model')}/{saved.get('dataset')} run; "
+        raise ValueError(f"{path} is a {saved.get('model')}/{saved.get('dataset')} run; "
                          f"cannot resume it as {cfg.model}/{cfg.dataset}")
     check_resume_options(cfg, saved, out)
     return model, dict(ckpt["config"]), ckpt
@@ -187,6 +197,17 @@ def _optimizer(run: Run) -> None:
             run.scaler.load_state_dict(run.ckpt["scaler"])
         run.start_epoch, run.step = int(run.ckpt["epoch"]), int(run.ckpt.get("step", 0))
         run.best = float(run.ckpt.get("best_test_loss", math.inf))
+        run.saved_step, run.last_metrics = run.step, dict(run.ckpt.get("metrics") or {})
+        if "ranks" in run.ckpt:  # resume.pt: continue inside epoch start_epoch + 1
+            _check_world(run)
+            run.resume_point = run.ckpt
+
+
+def _check_world(run: Run) -> None:
+    saved = len(run.ckpt["ranks"])
+    if saved != run.world:
+        raise ValueError(f"{run.out / RESUME_FILE} holds the state of {saved} processes, this run has {run.world}; "
+                         f"resume it with {saved}, or delete {RESUME_FILE} to continue from last.pt")
 
 
 def setup_run(cfg: TrainConfig, out: Path, device: torch.device, *, rank: int, world: int) -> Run:
@@ -219,7 +240,7 @@ def _setup_run(cfg: TrainConfig, out: Path, device: torch.device, *, rank: int, 
         write_train_config(out, cfg, run.model_config, world)
         run.csv_log = CsvLog(out / "log.csv", keep_through_epoch=run.start_epoch if cfg.resume else None)
         run.writer = open_tensorboard(out, cfg.tensorboard)
-        if run.ckpt is not None:
+        if run.ckpt is not None and run.resume_point is None:  # resumed from last.pt
             _repair(run)
     return run
 

@@ -2,11 +2,14 @@
 
 For each model, ``<out>/<dataset>/<model>/`` holds a run of `train.fit` with the reference preset
 (ESVAE 300 epochs, FSVAE and ANN VAE 150) plus ``reproduce.json``: the schedule (the training options,
-fixed at the first call) and one record per call (epochs run, wall seconds, device). A call resumes
-from ``last.pt`` and stops cleanly at an epoch boundary before its budget runs out: it does not start an
-epoch whose predicted wall time (the measured wall seconds per epoch of this model) exceeds what is
-left; the first epoch of a call always runs. Resuming is exact (train.py re-seeds every epoch), so the
-weights after any split into calls equal those of one uninterrupted run on the same device.
+fixed at the first call) and one record per call (epochs and steps run, wall seconds, device). A call
+resumes from ``last.pt`` or the step-exact ``resume.pt`` and stops before its budget runs out at a step
+(or test batch) boundary: it does not start a step whose predicted wall time (measured in this call, else
+over this model's earlier calls) exceeds what is left, and saves the exact state there; the first step of
+a call always runs. Resuming is exact (train/resume.py), so the weights after any split into calls equal
+those of one uninterrupted run on the same device. Each checkpoint carries the call records too (written
+in the same atomic write), so a kill right after a checkpoint loses no record: the next call restores
+them. The folder's lock (train/outputs.py) is held for the whole of a model's work, evaluation included.
 
 Once a schedule is complete, ``last.pt`` (the end of the schedule) is evaluated once with the reference
 protocols (`metrics.evaluate`): MSE on the whole test split, clean FID from 5,000 samples, FAD with the
@@ -26,18 +29,18 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
 
-from .atomic import atomic_write_text, write_json
-from .presets import get_preset
+from ..atomic import atomic_write_text, write_json
+from ..presets import get_preset
+from ..train.outputs import lock_folder, release_lock
+from .record import (CALLS_KEY, STATE_FILE, _checkpoint_epoch, _open_schedule, _read_state, _saved_step,
+                     _status_line, _step_seconds, _write_state, model_status)
 
 __all__ = ["REPRODUCE_MODELS", "STATE_FILE", "EVAL_FILE", "reproduce", "model_status", "should_stop",
            "versions", "commit", "write_table"]
 
 REPRODUCE_MODELS = ("esvae", "fsvae", "ann-vae")
-STATE_FILE = "reproduce.json"
 EVAL_FILE = "last.pt.eval-reference.json"  # compare.load_result's name for last.pt's reference evaluation
 ROBUSTNESS_KINDS = ("shuffle", "flip", "gaussian")  # Table II, Fig. 5 (both noise kinds)
-MACHINERY = ("data_root", "cache_dir", "out", "device", "num_workers", "resume", "force", "progress",
-             "tensorboard")  # TrainConfig fields that do not change the schedule's numbers
 
 
 def should_stop(*, remaining_s: Optional[float], seconds_per_epoch: Optional[float], epochs_run: int,
@@ -56,7 +59,7 @@ def should_stop(*, remaining_s: Optional[float], seconds_per_epoch: Optional[flo
 
 def versions() -> dict:
     """Versions of what produced the numbers: python, torch, CUDA, cuDNN, CuPy, SpikingJelly, the package."""
-    from . import __version__
+    from .. import __version__
     out = {"spikingjelly_vae": __version__, "python": platform.python_version(), "torch": torch.__version__,
            "cuda": torch.version.cuda,
            "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None}
@@ -71,7 +74,7 @@ def versions() -> dict:
 
 def commit() -> Optional[str]:
     """The commit being run: env SJVAE_COMMIT (a copy without .git, e.g. on a GPU machine), else git's."""
-    from .experiments.common import git_commit
+    from ..experiments.common import git_commit
     return os.environ.get("SJVAE_COMMIT") or git_commit()
 
 
@@ -85,87 +88,10 @@ def _cupy_dist() -> str:
 
 
 def _device_info(device: str) -> dict:
-    from .runtime import resolve_device
+    from ..runtime import resolve_device
     dev = resolve_device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or "cpu")
     return {"device": str(dev), "device_name": name, "threads": torch.get_num_threads()}
-
-
-# ------------------------------------------------------------------------------------------ state
-def _read_state(run_dir: Path) -> Optional[dict]:
-    path = run_dir / STATE_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError as err:
-        raise ValueError(f"{path} is not readable JSON ({err}); restore it from git or delete the folder "
-                         f"{run_dir} to start that model over") from None
-
-
-def _write_state(run_dir: Path, state: dict) -> None:
-    atomic_write_text(run_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
-
-
-def _checkpoint_epoch(run_dir: Path) -> int:
-    """The epoch of last.pt; for a schedule whose weights were shipped (`pretrained.export_weights`, then
-    last.pt deleted), the epoch recorded then; else 0."""
-    from .checkpoint import load_checkpoint
-    if not (run_dir / "last.pt").is_file():
-        shipped = (_read_state(run_dir) or {}).get("shipped")
-        return int(shipped["epoch"]) if shipped else 0
-    return int(load_checkpoint(run_dir / "last.pt").get("epoch", 0))
-
-
-def _schedule(*, dataset: str, model: str, seed: int, overrides: dict) -> dict:
-    """The TrainConfig options that fix the schedule's numbers (preset + overrides), as a plain dict."""
-    from .train import TrainConfig
-    cfg = TrainConfig(dataset=dataset, model=model, seed=seed, grid_every=0, **overrides).resolved()
-    plain = {k: v for k, v in cfg.to_dict().items() if k not in MACHINERY}
-    return json.loads(json.dumps(plain))  # as reproduce.json stores it (lists, not tuples)
-
-
-def _open_schedule(run_dir: Path, *, dataset, model, seed, overrides) -> dict:
-    """reproduce.json of the run folder, created on the first call; a later call must ask the same."""
-    state = _read_state(run_dir)
-    wanted = _schedule(dataset=dataset, model=model, seed=seed, overrides=overrides or {})
-    if state is None:
-        if (run_dir / "last.pt").exists():
-            raise ValueError(f"{run_dir} holds a run that `reproduce` did not start (no {STATE_FILE}); "
-                             "pass another --out or move that run away")
-        state = {"dataset": dataset, "model": model, "schedule": wanted, "calls": [], "evaluated": None}
-    elif overrides is not None and state["schedule"] != wanted:
-        diff = sorted(k for k in wanted if wanted[k] != state["schedule"].get(k))
-        raise ValueError(f"{run_dir} was started with other training options (differ: {', '.join(diff)}); "
-                         "resume with the same options, or use another --out")
-    return state
-
-
-def _seconds_per_epoch(state: dict) -> Optional[float]:
-    """Measured wall seconds per epoch over this model's calls (training, test pass and checkpoints)."""
-    epochs = sum(c["epochs"] for c in state["calls"])
-    return sum(c["wall_seconds"] for c in state["calls"]) / epochs if epochs else None
-
-
-def model_status(run_dir, *, epochs_total: Optional[int] = None) -> dict:
-    """Progress of one model's folder: epochs done of total, s/epoch, minutes left, evaluated or not."""
-    run_dir = Path(run_dir)
-    state = _read_state(run_dir) or {"schedule": {}, "calls": [], "evaluated": None}
-    total = epochs_total or state["schedule"].get("epochs")
-    done = _checkpoint_epoch(run_dir)
-    spe = _seconds_per_epoch(state)
-    left = None if spe is None or total is None else max(0, total - done) * spe / 60
-    return {"epochs_done": done, "epochs_total": total, "complete": total is not None and done >= total,
-            "seconds_per_epoch": spe, "minutes_left": left, "calls": len(state["calls"]),
-            "wall_seconds": sum(c["wall_seconds"] for c in state["calls"]),
-            "evaluated": state.get("evaluated")}
-
-
-def _status_line(model: str, st: dict, note: str = "") -> str:
-    spe = "n/a" if st["seconds_per_epoch"] is None else f"{st['seconds_per_epoch']:.1f}"
-    left = "n/a" if st["minutes_left"] is None else f"{st['minutes_left']:.1f}"
-    return (f"{model}: {st['epochs_done']}/{st['epochs_total']} epochs, {spe} s/epoch measured, "
-            f"{left} min of training left" + (f"; {note}" if note else ""))
 
 
 # --------------------------------------------------------------------------------------- training
@@ -180,6 +106,7 @@ class _Budget:
         self.clock, self.max_epochs = clock, max_epochs
         self.deadline = None if minutes is None else clock() + 60.0 * minutes
         self.epochs_run = 0
+        self.units = 0  # steps and test passes earlier models of this call ran
 
     def remaining(self) -> Optional[float]:
         return None if self.deadline is None else self.deadline - self.clock()
@@ -188,40 +115,70 @@ class _Budget:
         return should_stop(remaining_s=self.remaining(), seconds_per_epoch=seconds_per_epoch,
                            epochs_run=self.epochs_run, max_epochs=self.max_epochs)
 
+    def rule(self, history_step_seconds: Optional[float]):
+        """fit's stop_rule: stop before a unit (step or test batch) whose predicted seconds (measured in this
+        call, else `history_step_seconds`) exceed the budget left, or are unknown; never before the call's
+        first unit, never without a budget."""
+        def stop(units: int, next_seconds: Optional[float]) -> bool:
+            remaining = self.remaining()
+            if self.units + units == 0 or remaining is None:
+                return False
+            seconds = next_seconds if next_seconds is not None else history_step_seconds
+            return seconds is None or remaining < seconds
+        return stop
+
 
 def _train_model(run_dir: Path, state: dict, budget: _Budget, *, machinery: dict, log) -> str:
     """Continue one model's schedule within the budget; returns why it stopped ("complete" or "budget")."""
-    from .train import TrainConfig, fit
+    from ..train import TrainConfig, TrainingInterrupted, fit
+    from ..train.resume import RESUME_FILE
     total = state["schedule"]["epochs"]
     done = _checkpoint_epoch(run_dir)
     if done >= total:
         return "complete"
-    if budget.stop(_seconds_per_epoch(state)):
+    if budget.rule(_step_seconds(state))(0, None):
         return "budget"
-    # no last.pt: whatever a call killed in its first epoch left (log.csv, train_config.json) is replaced
-    cfg = TrainConfig(**state["schedule"], **machinery, out=str(run_dir), resume=done > 0, force=done == 0,
+    saved = (run_dir / "last.pt").is_file() or (run_dir / RESUME_FILE).is_file()
+    # nothing saved: whatever a call killed before its first checkpoint left (log.csv, ...) is replaced
+    cfg = TrainConfig(**state["schedule"], **machinery, out=str(run_dir), resume=saved, force=not saved,
                       progress=False, tensorboard=False)
-    record = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_epoch": done, "epochs": 0,
+    record = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_epoch": done, "from_step": _saved_step(run_dir),
+              "epochs": 0, "steps": 0,
               "wall_seconds": 0.0, "commit": commit(), **_device_info(machinery["device"])}
     state["calls"].append(record)
     start = budget.clock()
     log(f"{state['model']}: training epochs {done + 1}..{total} into {run_dir}")
 
+    def extras(ckpt: dict) -> dict:  # stored in each checkpoint, in the same atomic write
+        record.update(epochs=ckpt["epoch"] - done, to_epoch=ckpt["epoch"], to_batch=ckpt["batch"],
+                      batches=ckpt["batches"], steps=ckpt["step"] - record["from_step"], to_step=ckpt["step"],
+                      wall_seconds=budget.clock() - start)
+        if ckpt["batch"] == 0:
+            record["test_loss"] = (ckpt.get("metrics") or {}).get("test_loss")
+        return {CALLS_KEY: json.loads(json.dumps(state["calls"]))}
+
     def on_epoch_end(epoch: int, metrics: dict) -> bool:
         budget.epochs_run += 1
-        record.update(epochs=epoch - done, to_epoch=epoch, wall_seconds=budget.clock() - start,
-                      test_loss=metrics.get("test_loss"))
-        _write_state(run_dir, state)  # after last.pt: the record never claims an epoch that is not saved
-        return epoch < total and budget.stop(_seconds_per_epoch(state))
+        _write_state(run_dir, state)  # after last.pt, which holds the same records
+        return epoch < total and budget.max_epochs is not None and budget.epochs_run >= budget.max_epochs
 
-    fit(cfg, on_epoch_end=on_epoch_end)
+    try:
+        res = fit(cfg, on_epoch_end=on_epoch_end, stop_rule=budget.rule(_step_seconds(state)),
+                  checkpoint_extras=extras)
+    except TrainingInterrupted:
+        record["wall_seconds"] = budget.clock() - start
+        _write_state(run_dir, state)
+        raise
+    budget.units += res["units"]
+    record["wall_seconds"] = budget.clock() - start
+    _write_state(run_dir, state)
     return "complete" if _checkpoint_epoch(run_dir) >= total else "budget"
 
 
 # ------------------------------------------------------------------------------------- evaluation
 def _evaluate(run_dir: Path, state: dict, *, dataset: str, options: dict, log) -> dict:
     """Table I metrics of last.pt (reference protocols), written beside it as EVAL_FILE."""
-    from .metrics.evaluate import EvalOptions, EvalSources, evaluate_checkpoint
+    from ..metrics.evaluate import EvalOptions, EvalSources, evaluate_checkpoint
     eval_opts = EvalOptions(**{"metrics": ("mse", "fid", "is", "fad"), "protocol": "reference",
                                "fid_mode": "clean", "num_samples": 5000, "seed": options["seed"],
                                **options["eval"]})
@@ -237,7 +194,7 @@ def _evaluate(run_dir: Path, state: dict, *, dataset: str, options: dict, log) -
 
 def _robustness(run_dir: Path, *, dataset: str, options: dict, log) -> dict:
     """Table II (time shuffle) and Fig. 5 (flip and Gaussian noise curves) for a spiking model's last.pt."""
-    from .experiments.robustness import run_robustness
+    from ..experiments.robustness import run_robustness
     out = {}
     for kind in ROBUSTNESS_KINDS:
         log(f"robustness ({kind}) of {run_dir / 'last.pt'}")
@@ -288,7 +245,7 @@ def _provenance(folder: Path, models: Iterable[str], options: dict) -> dict:
 
 def write_table(folder, *, models: Iterable[str], options: dict) -> dict:
     """table1.json and table1.md of one dataset folder from its models' evaluations (`compare`)."""
-    from .metrics.compare import build_table, format_table, load_result
+    from ..metrics.compare import build_table, format_table, load_result
     folder = Path(folder)
     dataset = folder.name
     results, progress = [], {}
@@ -327,16 +284,19 @@ def reproduce(*, dataset: str, out, models: Iterable[str] = REPRODUCE_MODELS,
               is_weights=None, device: str = "auto", num_workers: Optional[int] = None, seed: int = 42,
               preset_overrides: Optional[Dict[str, dict]] = None, eval_options: Optional[dict] = None,
               robustness_options: Optional[dict] = None, max_epochs_per_call: Optional[int] = None,
-              clock: Callable[[], float] = time.monotonic, log: Callable[[str], None] = print) -> dict:
+              checkpoint_every: Optional[int] = None, quick: bool = False, clock: Callable[[], float] = time.monotonic, log: Callable[[str], None] = print) -> dict:
     """Continue the Table I schedules of `models` on `dataset` in `out`/<dataset>/<model>/, within
     `budget_minutes`; evaluate each complete schedule once; write table1.json / table1.md.
 
     `preset_overrides` maps a model to TrainConfig options replacing its preset's (tests, small runs);
     they are fixed at a folder's first call. `eval_options` / `robustness_options` are extra keyword
     arguments of `evaluate_checkpoint` / `run_robustness` (e.g. `num_samples`, `mse_num`, `num_images`).
+    `quick` marks a smoke run (the CLI's --quick); a folder is continued only with the same `quick`.
+    `checkpoint_every`: also save the step-exact state every N steps (train's --checkpoint-every).
+    SIGTERM / SIGINT save the state and raise train.TrainingInterrupted.
     Returns {"dataset", "folder", "models": {model: status + "stopped"}, "table": table1 dict, "complete"}.
     """
-    from .data import dataset_info
+    from ..data import dataset_info
     dataset_info(dataset)  # unknown dataset -> ValueError
     models = _check_models(models)
     for model in models:
@@ -346,7 +306,8 @@ def reproduce(*, dataset: str, out, models: Iterable[str] = REPRODUCE_MODELS,
         raise ValueError(f"preset_overrides for models not asked for: {unknown}")
     folder = Path(out) / dataset
     budget = _Budget(budget_minutes, clock, max_epochs_per_call)
-    machinery = {"data_root": data_root, "cache_dir": cache_dir, "device": device, "num_workers": num_workers}
+    machinery = {"data_root": data_root, "cache_dir": cache_dir, "device": device, "num_workers": num_workers,
+                 "checkpoint_every": checkpoint_every}
     options = {"data_root": data_root, "cache_dir": cache_dir, "fad_dir": fad_dir, "device": device,
                "inception_weights": inception_weights, "is_weights": is_weights, "seed": seed,
                "eval": dict(eval_options or {}), "robustness": dict(robustness_options or {})}
@@ -354,14 +315,17 @@ def reproduce(*, dataset: str, out, models: Iterable[str] = REPRODUCE_MODELS,
     for model in models:
         run_dir = folder / model
         overrides = None if preset_overrides is None else preset_overrides.get(model, {})
-        state = _open_schedule(run_dir, dataset=dataset, model=model, seed=seed, overrides=overrides)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not (run_dir / STATE_FILE).is_file():
+        lock_folder(run_dir)  # training and evaluation: one process at a time
+        try:
+            state = _open_schedule(run_dir, dataset=dataset, model=model, seed=seed, overrides=overrides,
+                                   quick=quick)
             _write_state(run_dir, state)
-        stopped = _train_model(run_dir, state, budget, machinery=machinery, log=log)
-        if stopped == "complete":
-            _finish(run_dir, state, dataset=dataset, options=options, reevaluate=reevaluate, log=log)
-        summary[model] = {**model_status(run_dir), "stopped": stopped}
+            stopped = _train_model(run_dir, state, budget, machinery=machinery, log=log)
+            if stopped == "complete":
+                _finish(run_dir, state, dataset=dataset, options=options, reevaluate=reevaluate, log=log)
+            summary[model] = {**model_status(run_dir), "stopped": stopped}
+        finally:
+            release_lock(run_dir)
         log(_status_line(model, summary[model], "schedule complete" if stopped == "complete"
                          else "stopped before the budget ran out; rerun to continue"))
     table = write_table(folder, models=models, options=options)
