@@ -4,7 +4,6 @@ Layout: ``{"model": state_dict, "optimizer": state_dict | None, "epoch": int, "c
 "metrics": dict, "version": str, ...}``. ``config`` rebuilds the model through ``models.build_model``.
 """
 import math
-import pickle
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -32,18 +31,10 @@ def save_checkpoint(path, state: Dict[str, Any]) -> Path:
     return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def _read_error(err: Exception) -> str:
-    """One line for why torch.load failed (its own text runs to many lines and advises weights_only=False)."""
-    if isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in str(err):
-        return "it holds Python objects other than tensors and plain values, which are never loaded (unsafe)"
-    first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
-    return f"{type(err).__name__}: {first[:200]}"
-
-
 def load_checkpoint(path, map_location="cpu", *, resume: bool = False) -> Dict[str, Any]:
     """Read a checkpoint safely (``weights_only=True``) and check it against its schema
     (`schemas.Checkpoint`, or `schemas.ResumeState` with ``resume``); CheckpointError with what to do."""
-    from .schemas import Checkpoint, ResumeState, check
+    from .schemas import Checkpoint, ResumeState, check, load_error_line
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass the .pt file written by `sjvae train` "
@@ -52,7 +43,7 @@ def load_checkpoint(path, map_location="cpu", *, resume: bool = False) -> Dict[s
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, pickle with code, random bytes, ...
         raise CheckpointError(f"{path} is not a readable spikingjelly-vae checkpoint (truncated, corrupt or "
-                              f"not saved by this package): {_read_error(err)}") from None
+                              f"not saved by this package): {load_error_line(err)}") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) \
             or not isinstance(ckpt.get("config"), dict):
         raise CheckpointError(f"{path} is a torch file but not a spikingjelly-vae checkpoint (it needs the "

@@ -9,6 +9,7 @@ Sizes are bounded so that a hostile config cannot ask for a huge allocation.
 from __future__ import annotations
 
 import math
+import pickle
 from typing import Any, Dict, List, Literal, Optional, Union
 
 import torch
@@ -17,7 +18,8 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool,
 from typing_extensions import Annotated
 
 __all__ = ["FileFormatError", "check", "ModelConfig", "Checkpoint", "ResumeState", "TrainConfigFile",
-           "ReproduceState", "EvaluateResult", "GMMPriorFile", "MAX_MODEL_ELEMENTS"]
+           "ReproduceState", "EvaluateResult", "GMMPriorFile", "MAX_MODEL_ELEMENTS", "load_error_line",
+           "finite_or_none"]
 
 MAX_MODEL_ELEMENTS = 1_000_000_000  # parameters + buffers a checkpoint config may build (4 GB in fp32)
 
@@ -278,6 +280,14 @@ def check(schema, data, path, hint: str = ""):
         shown = "" if first["type"] == "missing" or isinstance(got, (dict, list, torch.Tensor)) else f", got {got!r:.60}"
         raise FileFormatError(f"{path}: bad {_WHAT[schema]}: field {_field(first['loc'])!r} {msg}{shown}"
                               + (f"; {hint}" if hint else "")) from None
+
+
+def load_error_line(err: Exception) -> str:
+    """One line for why `torch.load` failed (its own text runs to many lines and advises weights_only=False)."""
+    if isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in str(err):
+        return "it holds Python objects other than tensors and plain values, which are never loaded (unsafe)"
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    return f"{type(err).__name__}: {first[:200]}"
 
 
 def finite_or_none(value):
