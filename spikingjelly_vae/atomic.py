@@ -93,10 +93,10 @@ _SHA_CACHE: dict = {}
 
 
 def sha256_file(path, *, cached: bool = True) -> str:
-    """Hex sha256 of a file (memoised on path, size and mtime unless ``cached=False``, as for a check
-    against tampering)."""
+    """Hex sha256 of a file (memoised on path, size, mtime, inode and ctime unless ``cached=False``, as for
+    a check against tampering)."""
     st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
     if not cached:
         _SHA_CACHE.pop(key, None)
     if key not in _SHA_CACHE:
