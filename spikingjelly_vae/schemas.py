@@ -133,7 +133,7 @@ class ResumeState(Checkpoint):
     """A run's last.pt as `--resume` reads it: also the optimizer, the epoch and step, the best loss."""
 
     optimizer: _OptimizerState
-    epoch: StrictInt = Field(ge=1)
+    epoch: StrictInt = Field(ge=0)  # 0: a step checkpoint inside the first epoch
     step: StrictInt = Field(0, ge=0)
     best_test_loss: Optional[Number] = None
     scaler: Optional[Dict[str, Any]] = None

@@ -60,12 +60,12 @@ def _edited(run, tmp_path, edit, name="last.pt"):
 
 
 # ------------------------------------------------------------------------ 1. checkpoint config
-@pytest.mark.parametrize("key,value", [("latent_dim", -5), ("latent_dim", 10 ** 10), ("latent_dim", "8"),
-                                       ("T", 2.5), ("hidden", [4, 4, 8, 10 ** 9]), ("in_channels", True),
-                                       ("kernel_backend", 7), ("half_width", float("nan"))])
-def test_checkpoint_config_types_and_ranges(run, tmp_path, key, value):
+# (more values of every format: tests/test_schemas.py, in process)
+@pytest.mark.parametrize("key,value,commands", [("latent_dim", -5, 2), ("latent_dim", 10 ** 10, 1),
+                                                ("latent_dim", "8", 1), ("hidden", [4, 4, 8, 10 ** 9], 1)])
+def test_checkpoint_config_types_and_ranges(run, tmp_path, key, value, commands):
     copy = _edited(run, tmp_path, lambda c: c["config"].__setitem__(key, value))
-    for command in (["info"], ["evaluate", *MSE, "--output", tmp_path / "e.json"]):
+    for command in (["info"], ["evaluate", *MSE, "--output", tmp_path / "e.json"])[:commands]:
         msg = one_line(sjvae(*command, "--checkpoint", copy / "last.pt"))
         assert "last.pt" in msg and f"config.{key}" in msg, msg
     assert not (tmp_path / "e.json").exists()
@@ -81,9 +81,6 @@ def test_config_asking_for_a_huge_model_is_refused_before_allocating(run, tmp_pa
 # ------------------------------------------------------------------------------- 1. resume state
 @pytest.mark.parametrize("edit,field", [(lambda c: c.pop("optimizer"), "optimizer"),
                                         (lambda c: c.__setitem__("epoch", None), "epoch"),
-                                        (lambda c: c.__setitem__("epoch", "1"), "epoch"),
-                                        (lambda c: c.__setitem__("step", -3), "step"),
-                                        (lambda c: c["optimizer"].__setitem__("param_groups", []), "param_groups"),
                                         (lambda c: c["train_config"].__setitem__("lr", "fast"), "lr")])
 def test_resume_state_missing_or_malformed(run, tmp_path, edit, field):
     copy = _edited(run, tmp_path, edit)
@@ -99,7 +96,7 @@ def test_resume_optimizer_state_of_another_model(run, tmp_path):
     assert "optimizer state" in msg
 
 
-@pytest.mark.parametrize("damage", ["renamed", "not json", "lr text", "no train_config"])
+@pytest.mark.parametrize("damage", ["renamed", "lr text"])
 def test_resume_with_train_config_json_damaged(run, tmp_path, damage):
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
@@ -123,7 +120,7 @@ def test_resume_with_train_config_json_damaged(run, tmp_path, damage):
         assert "train_config.json" in msg and ("lr" in msg or "train_config" in msg or "JSON" in msg)
 
 
-@pytest.mark.parametrize("damage", ["empty", "cut mid-row", "header only", "garbage row"])
+@pytest.mark.parametrize("damage", ["empty", "cut mid-row"])
 def test_resume_with_log_csv_damaged(run, tmp_path, damage):
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
@@ -139,13 +136,9 @@ def test_resume_with_log_csv_damaged(run, tmp_path, damage):
 
 
 # ------------------------------------------------------------------------------- 1. reproduce.json
-@pytest.mark.parametrize("state,field", [([], "mapping"), ({"dataset": "mnist"}, "model"),
-                                         ({"dataset": "mnist", "model": "esvae", "schedule": {"epochs": "3"},
-                                           "calls": []}, "schedule.epochs"),
+@pytest.mark.parametrize("state,field", [({"dataset": "mnist"}, "model"),
                                          ({"dataset": "mnist", "model": "esvae", "schedule": {"epochs": 3},
-                                           "calls": [{"epochs": 1, "wall_seconds": None}]}, "calls.0.wall_seconds"),
-                                         ({"dataset": "mnist", "model": "esvae", "schedule": {"epochs": 3},
-                                           "calls": {}}, "calls")])
+                                           "calls": [{"epochs": 1, "wall_seconds": None}]}, "calls.0.wall_seconds")])
 def test_reproduce_json_of_the_wrong_shape(tmp_path, state, field):
     folder = tmp_path / "repro" / "mnist" / "esvae"
     folder.mkdir(parents=True)
@@ -163,11 +156,8 @@ def result(run):
     return json.loads((run / "last.pt.eval-reference.json").read_text())
 
 
-@pytest.mark.parametrize("path,value", [(("metrics", "mse", "mse"), "0.1"), (("metrics", "mse", "mse"), [1]),
-                                        (("metrics", "mse", "num_images"), 1.5), (("metrics", "mse"), 3),
-                                        (("metrics", "fid"), {"fid": {}}), (("dataset",), 5),
-                                        (("unavailable",), ["fid"]), (("checkpoint_sha256",), 12),
-                                        (("prior",), None), (("dataset_mismatch",), "no")])
+@pytest.mark.parametrize("path,value", [(("metrics", "mse", "mse"), "0.1"), (("metrics", "mse"), 3),
+                                        (("unavailable",), ["fid"])])
 def test_compare_of_evaluate_json_with_wrong_types(result, tmp_path, path, value):
     data = json.loads(json.dumps(result))
     node = data
@@ -198,10 +188,8 @@ def prior_file(run, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("key,value", [("eps", 0.9), ("eps", 0.0), ("eps", torch.tensor(1e-4)),
-                                       ("covariance", torch.tensor(1.0)), ("format_version", torch.tensor(1)),
-                                       ("means", [[0.0] * 8] * 2), ("weights", torch.tensor([float("nan"), 1.0])),
-                                       ("weights", torch.tensor([1, 0])), ("digest", None)])
+@pytest.mark.parametrize("key,value", [("eps", 0.9), ("eps", torch.tensor(1e-4)),
+                                       ("weights", torch.tensor([float("nan"), 1.0]))])
 def test_gmm_prior_file_fields(run, prior_file, tmp_path, key, value):
     from spikingjelly_vae.prior import _digest
     payload = torch.load(prior_file, weights_only=True)
@@ -257,7 +245,7 @@ def test_same_kind_output_needs_force(run, tmp_path):
 
 
 # --------------------------------------------------------------------------------- 9. NaN weights
-@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("bad", [float("nan")])
 def test_non_finite_weights_give_no_number(run, tmp_path, bad):
     def poison(c):
         key = next(k for k, v in c["model"].items() if v.is_floating_point() and v.dim() > 1)
