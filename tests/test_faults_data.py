@@ -1,6 +1,7 @@
 """Data, caches and a full disk through the real CLI (`python -m spikingjelly_vae.cli` in a subprocess): labels
 are checked before training or evaluation; caches are checked by content and rebuilt with a warning when they
 disagree; a full disk gives one "no space left on <path>" line and leaves the earlier files intact."""
+import json
 import os
 import shutil
 import tarfile
@@ -187,3 +188,23 @@ def test_full_disk_for_prior_fit_and_resident_cache(run, tmp_path):
                          "--cache-dir", cache, *TINY, code=TORCH_DISK_FULL), code=1)
     assert "no space left on" in msg and "resident" in msg and _no_temp_files(cache)
     assert not (tmp_path / "r" / ".lock").exists()
+
+
+def test_tampered_statistics_cache_is_recomputed(tmp_path):
+    """FID/FAD reference statistics caches (metrics/resources.py) carry a digest of their arrays."""
+    import numpy as np
+
+    from spikingjelly_vae.metrics.resources import load_npz_cache, save_npz_atomic
+    proto = {"metric": "fid", "num": "all"}
+    path = save_npz_atomic(tmp_path / "s.npz", mu=np.zeros(3), sigma=np.eye(3), count=np.int64(5),
+                           protocol=np.array(json.dumps(proto, sort_keys=True)))
+    assert load_npz_cache(path, proto)["count"] == 5 and load_npz_cache(path, {"other": 1}) is None
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["mu"] = arrays["mu"] + 1  # an edited mean, the old digest kept
+    np.savez(path, **arrays)
+    with pytest.warns(UserWarning, match="payload sha256 differs"):
+        assert load_npz_cache(path, proto) is None
+    path.write_bytes(b"rot")
+    with pytest.warns(UserWarning, match="does not load"):
+        assert load_npz_cache(path, proto) is None
