@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Literal, Optional, Union
 
 import torch
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr,
-                      ValidationError, field_validator)
+                      ValidationError, field_validator, model_validator)
 from typing_extensions import Annotated
 
 __all__ = ["FileFormatError", "check", "ModelConfig", "Checkpoint", "ResumeState", "TrainConfigFile",
@@ -124,6 +124,12 @@ class _TrainOptions(_Lenient):
     drop_last: Optional[StrictBool] = None
 
 
+class _EpochMetrics(_Lenient):
+    epoch: StrictInt = Field(None, ge=0)
+    step: StrictInt = Field(None, ge=0)
+    test_loss: Number = None
+
+
 class _OptimizerState(_Lenient):
     state: Dict[Any, Any]
     param_groups: List[Dict[str, Any]] = Field(min_length=1)
@@ -135,10 +141,10 @@ class ResumeState(Checkpoint):
     optimizer: _OptimizerState
     epoch: StrictInt = Field(ge=0)  # 0: a step checkpoint inside the first epoch
     step: StrictInt = Field(0, ge=0)
-    best_test_loss: Optional[Number] = None
+    best_test_loss: Number = None  # absent in older files; never null
     scaler: Optional[Dict[str, Any]] = None
     train_config: _TrainOptions
-    metrics: Optional[Dict[str, Any]] = None
+    metrics: Optional[_EpochMetrics] = None
 
 
 # --------------------------------------------------------------------------------- run folders
@@ -204,11 +210,15 @@ class _FAD(_Metric):
     fad: Optional[Number] = None
 
 
-class _Metrics(_Lenient):
-    mse: Optional[_MSE] = None
-    fid: Optional[_FID] = None
-    is_: Optional[_IS] = Field(None, alias="is")
-    fad: Optional[_FAD] = None
+class _Metrics(_Lenient):  # a metric that is present is a mapping (a missing one is simply absent)
+    mse: _MSE = None
+    fid: _FID = None
+    is_: _IS = Field(None, alias="is")
+    fad: _FAD = None
+
+
+class _ModelRecord(_Lenient):
+    model: StrictStr = "?"
 
 
 class EvaluateResult(_Lenient):
@@ -223,11 +233,35 @@ class EvaluateResult(_Lenient):
     dataset_mismatch: Optional[StrictBool] = None
     prior: StrictStr = "learned"
     protocol: Optional[StrictStr] = None
-    model: Optional[Union[Dict[str, Any], StrictStr]] = None
+    model: Optional[Union[_ModelRecord, StrictStr]] = None
     epoch: Optional[StrictInt] = None
 
 
 # ---------------------------------------------------------------------------------- GMM prior
+def _plain(value, depth: int = 0) -> bool:
+    """JSON-like: str, int, float, bool, None, and lists / str-keyed dicts of them (no tensors, no objects)."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return True
+    if isinstance(value, (list, tuple)) and depth < 8:
+        return all(_plain(v, depth + 1) for v in value)
+    if isinstance(value, dict) and depth < 8:
+        return all(isinstance(k, str) and _plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
+class _Provenance(_Lenient):
+    checkpoint: Optional[StrictStr] = None
+    checkpoint_sha256: Optional[StrictStr] = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_tensors(cls, data):
+        bad = [k for k, v in data.items() if not _plain(v)] if isinstance(data, dict) else []
+        if bad:
+            raise ValueError(f"{bad[0]!r} must be a plain value, not {type(data[bad[0]]).__name__}")
+        return data
+
+
 class GMMPriorFile(_Lenient):
     """The torch file of `sjvae prior fit` (prior.GaussianMixturePrior.save): plain values, float tensors."""
 
@@ -239,7 +273,7 @@ class GMMPriorFile(_Lenient):
     weights: Any
     means: Any
     covariances: Any
-    provenance: Dict[str, Any]
+    provenance: _Provenance
     digest: StrictStr = Field(pattern=r"^[0-9a-f]{64}$")
 
     @field_validator("weights", "means", "covariances")

@@ -108,3 +108,20 @@ def test_torch_load_errors_in_one_line():
     import pickle
     assert "never loaded" in schemas.load_error_line(pickle.UnpicklingError("Weights only load failed.\nmore\nmore"))
     assert schemas.load_error_line(RuntimeError("first\nsecond")) == "RuntimeError: first"
+
+
+@pytest.mark.parametrize("provenance", [{"images": torch.zeros(2)}, {"checkpoint_sha256": torch.zeros(2, 2)},
+                                        {"checkpoint": 5}, {"checkpoint_sha256": "abc"}])
+def test_gmm_provenance_holds_plain_values(provenance):
+    _refused(schemas.GMMPriorFile, _set(GMM, ["provenance"], provenance), "provenance")
+
+
+@pytest.mark.parametrize("path,value", [(["best_test_loss"], None), (["metrics", "test_loss"], None),
+                                        (["metrics", "test_loss"], "x")])
+def test_resume_numbers_the_run_compares(path, value):
+    _refused(schemas.ResumeState, _set(RESUME, path, value), path[-1])
+
+
+@pytest.mark.parametrize("path,value", [(["metrics", "mse"], None), (["model", "model"], 5), (["model"], [1])])
+def test_evaluate_result_records(path, value):
+    _refused(schemas.EvaluateResult, _set({**RESULT, "model": {"model": "esvae"}}, path, value), path[-1])
