@@ -122,6 +122,22 @@ class _TrainOptions(_Lenient):
     train_subset: Optional[StrictInt] = Field(None, ge=1)
     test_subset: Optional[StrictInt] = Field(None, ge=1)
     drop_last: Optional[StrictBool] = None
+    data_root: Optional[StrictStr] = None
+    cache_dir: Optional[StrictStr] = None
+    out: Optional[StrictStr] = None
+    device: StrictStr = "auto"
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    num_workers: Optional[StrictInt] = Field(None, ge=0, le=1024)
+    grid_every: StrictInt = Field(1, ge=0)
+    grid_images: StrictInt = Field(64, ge=1, le=4096)
+    keep_every: StrictInt = Field(0, ge=0)
+    download: StrictBool = False
+    data_on_gpu: Optional[StrictBool] = None
+    resume: StrictBool = False
+    force: StrictBool = False
+    progress: StrictBool = True
+    tensorboard: StrictBool = True
+    find_unused_parameters: StrictBool = False
 
 
 class _EpochMetrics(_Lenient):
@@ -168,10 +184,8 @@ class _Shipped(_Lenient):
     name: Optional[StrictStr] = None
 
 
-class _Schedule(_Lenient):
+class _Schedule(_TrainOptions):
     epochs: StrictInt = Field(ge=1)
-    dataset: Optional[StrictStr] = None
-    model: Optional[StrictStr] = None
 
 
 class ReproduceState(_Lenient):

@@ -137,7 +137,8 @@ def test_resume_with_log_csv_damaged(run, tmp_path, damage):
 
 # ------------------------------------------------------------------------------- 1. reproduce.json
 @pytest.mark.parametrize("state,field", [({"dataset": "mnist"}, "model"),
-                                         ({"dataset": "mnist", "model": "esvae", "schedule": {"epochs": 3},
+                                         ({"dataset": "mnist", "model": "esvae",
+                                           "schedule": {"dataset": "mnist", "model": "esvae", "epochs": 3},
                                            "calls": [{"epochs": 1, "wall_seconds": None}]}, "calls.0.wall_seconds")])
 def test_reproduce_json_of_the_wrong_shape(tmp_path, state, field):
     folder = tmp_path / "repro" / "mnist" / "esvae"

@@ -15,7 +15,8 @@ RESUME = {"model": {"w": torch.zeros(2)}, "config": CONFIG, "epoch": 1, "step": 
           "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]}, "best_test_loss": 0.5,
           "train_config": {"dataset": "mnist", "model": "esvae", "lr": 0.1, "seed": 42, "model_kwargs": {}},
           "metrics": {"test_loss": 0.5}}
-REPRO = {"dataset": "mnist", "model": "esvae", "schedule": {"epochs": 3}, "evaluated": None,
+REPRO = {"dataset": "mnist", "model": "esvae", "schedule": {"dataset": "mnist", "model": "esvae", "epochs": 3},
+         "evaluated": None,
          "calls": [{"epochs": 1, "wall_seconds": 2.5, "from_epoch": 0, "to_epoch": 1}]}
 RESULT = {"dataset": "mnist", "metrics": {"mse": {"mse": 0.1, "mse_batch_mean": 0.1, "num_images": 16}},
           "unavailable": {"fid": "no weights"}, "checkpoint": "x.pt", "checkpoint_sha256": "a" * 64, "prior": "learned"}
