@@ -325,7 +325,8 @@ def check(schema, data, path, hint: str = ""):
         first = err.errors(include_url=False)[0]
         msg = first["msg"].replace("\n", " ").removeprefix("Value error, ")
         got = first.get("input")
-        shown = "" if first["type"] == "missing" or isinstance(got, (dict, list, torch.Tensor)) else f", got {got!r:.60}"
+        hidden = first["type"] == "missing" or isinstance(got, (dict, list, torch.Tensor))
+        shown = "" if hidden else f", got {got!r:.60}"
         raise FileFormatError(f"{path}: bad {_WHAT[schema]}: field {_field(first['loc'])!r} {msg}{shown}"
                               + (f"; {hint}" if hint else "")) from None
 

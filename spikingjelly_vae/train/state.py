@@ -187,9 +187,9 @@ def _optimizer(run: Run) -> None:
             if run.ckpt.get("scaler"):
                 run.scaler.load_state_dict(run.ckpt["scaler"])
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
-            raise ValueError(f"{run.out / 'last.pt'}: its optimizer state does not fit this model ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0] if str(err) else ''}); start the run over with --force or "
-                             "another --out") from None
+            why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            raise ValueError(f"{run.out / 'last.pt'}: its optimizer state does not fit this model ({why}); start "
+                             "the run over with --force or another --out") from None
         run.start_epoch, run.step = int(run.ckpt["epoch"]), int(run.ckpt.get("step", 0))
         run.best = float(run.ckpt.get("best_test_loss", math.inf))
 
