@@ -296,3 +296,13 @@ def test_state_dict_mismatch_is_one_line(run, tmp_path):
     assert "of another size" in msg and "--debug" in msg
     copy2 = _edited(run, tmp_path / "b", lambda c: c["model"].pop(next(iter(c["model"]))))
     assert "1 missing" in one_line(sjvae("info", "--checkpoint", copy2 / "last.pt"))
+
+
+def test_unforeseen_error_is_one_line_and_debug_shows_the_traceback(run):
+    code = ("import spikingjelly_vae.inference as i\n"
+            "def boom(*a, **k): raise RuntimeError('first line\\nsecond line\\nthird line')\n"
+            "i.model_summary = boom")
+    msg = one_line(sjvae("info", "--checkpoint", run / "last.pt", code=code), code=1)
+    assert "unexpected RuntimeError: first line" in msg and "--debug" in msg and "second" not in msg
+    res = sjvae("--debug", "info", "--checkpoint", run / "last.pt", code=code)
+    assert res.returncode == 1 and "Traceback" in res.stderr and "second line" in res.stderr

@@ -33,8 +33,9 @@ def _debug() -> bool:
 
 
 def reports_value_errors(f):
-    """Expected failures as one line and a non-zero exit: ValueError -> usage error (exit 2), OSError
-    (unreadable or unwritable file, full disk) -> error (exit 1); with `sjvae --debug` they propagate."""
+    """Failures as one line and a non-zero exit: ValueError -> usage error (exit 2), OSError (unreadable or
+    unwritable file, full disk) -> error (exit 1), anything else -> "unexpected ..." (exit 1); with
+    `sjvae --debug` they propagate with their traceback."""
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         try:
@@ -47,6 +48,13 @@ def reports_value_errors(f):
             if _debug():
                 raise
             raise click.ClickException(one_line(os_error_line(e))) from None
+        except click.ClickException:
+            raise
+        except Exception as e:  # a failure nobody foresaw: still one line; the traceback under --debug
+            if _debug():
+                raise
+            raise click.ClickException(f"unexpected {type(e).__name__}: {one_line(str(e))}; rerun with "
+                                       "`sjvae --debug ...` for the traceback and report it") from None
     return wrapper
 
 
