@@ -3,8 +3,10 @@ and checksums.
 
 A crash or error mid-write leaves the previous file untouched and no temp file behind.
 """
+import errno
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -26,9 +28,12 @@ def atomic_write(path, write: Callable[[Path], None]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     try:
-        write(Path(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        try:
+            write(Path(tmp))
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        except (OSError, RuntimeError) as err:
+            raise _write_error(err, path) from err
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
@@ -36,6 +41,18 @@ def atomic_write(path, write: Callable[[Path], None]) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def _write_error(err: Exception, path: Path) -> Exception:
+    """A failed write as an OSError naming the target `path` (not the temp file). torch.save reports a
+    full disk as a RuntimeError of its zip writer ("PytorchStreamWriter failed writing file ... file write
+    failed"); that becomes OSError(ENOSPC). Other RuntimeErrors are returned unchanged."""
+    if isinstance(err, OSError):
+        return OSError(err.errno, err.strerror or str(err), str(path))
+    text = str(err)
+    if "PytorchStreamWriter" in text or "inline_container" in text or "file write failed" in text:
+        return OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (torch could not write the file)", str(path))
+    return err
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:
@@ -53,19 +70,33 @@ def _jsonable(value: Any):
     return str(value)
 
 
+def _strict(value):
+    """`value` with NaN and infinite floats as None: JSON has no such numbers (json.dumps would write
+    `NaN`, which is not JSON). Whoever records a number that can be non-finite says why it is null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
 def write_json(path, obj) -> Path:
-    """Write ``obj`` as indented JSON (tensors as lists, other objects as text) atomically."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+    """Write ``obj`` as indented, valid JSON (tensors as lists, other objects as text, NaN/inf as null)
+    atomically."""
+    text = json.dumps(_strict(json.loads(json.dumps(obj, default=_jsonable))), indent=2, allow_nan=False)
+    return atomic_write_text(path, text + "\n")
 
 
 _SHA_CACHE: dict = {}
 
 
 def sha256_file(path, *, cached: bool = True) -> str:
-    """Hex sha256 of a file (memoised on path, size and mtime unless ``cached=False``, as for a check
-    against tampering)."""
+    """Hex sha256 of a file (memoised on path, size, mtime, inode and ctime unless ``cached=False``, as for
+    a check against tampering)."""
     st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
     if not cached:
         _SHA_CACHE.pop(key, None)
     if key not in _SHA_CACHE:

@@ -27,6 +27,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -143,10 +144,35 @@ def load_dataset(name: str, split: str = "train", root=None, cache_dir=None, *, 
         augment = split == "train" and spec.flip
     tf = _transform(spec, bool(augment))
     if name in ("mnist", "fashion"):
-        return _mnist_like(name, split, root, tf)
-    if name == "cifar10":
-        return _cifar10(split, root, cache_dir, tf)
-    return _celeba(split, root, tf)
+        data = _mnist_like(name, split, root, tf)
+    elif name == "cifar10":
+        data = _cifar10(split, root, cache_dir, tf)
+    else:
+        data = _celeba(split, root, tf)
+    return check_labels(data, spec, split, root)
+
+
+def check_labels(data, spec: DatasetSpec, split: str, root) -> Dataset:
+    """`data` if it has one label per image, each in 0..num_classes-1; ValueError (one line, before any
+    training or evaluation) otherwise. Datasets that keep their labels in `targets` (torchvision's, an
+    ImageFolder) are checked; the others make their labels themselves (class folders, CelebA's 0)."""
+    targets = getattr(data, "targets", None)
+    if targets is None:
+        return data
+    where = f"{spec.name} {split} under {str(root)!r}"
+    images = len(data.data) if hasattr(data, "data") else len(data)
+    labels = torch.as_tensor(targets)
+    if labels.dim() != 1 or labels.numel() != images:
+        raise ValueError(f"{where}: {images} images but {labels.numel()} labels; the label file does not belong to "
+                         "the image file (replace both with the originals)")
+    if images == 0:
+        raise ValueError(f"{where}: the split holds no images")
+    bad = ((labels < 0) | (labels >= spec.num_classes)).nonzero() if spec.num_classes else labels[:0]
+    if bad.numel():
+        i = int(bad[0])
+        raise ValueError(f"{where}: label {int(labels[i])} of image {i} is outside 0..{spec.num_classes - 1} "
+                         f"({bad.numel()} such labels); the label file is corrupt (replace it with the original)")
+    return data
 
 
 def _mnist_like(name, split, root, tf):
@@ -228,12 +254,16 @@ def extract_tarball_once(tarball: Path, dest: Path, forbidden: Path | None = Non
     dest.parent.mkdir(parents=True, exist_ok=True)
     stamp = f"sha256 {_tarball_sha256(tarball, dest.with_name(dest.name + '.source'))}\n"
     marker = dest / ".complete"
-    if marker.is_file() and marker.read_text() == stamp:
-        return dest
+    if marker.is_file():
+        saved = marker.read_text()
+        if saved.startswith(stamp) and saved[len(stamp):] == _manifest(dest):
+            return dest
+        why = "another archive" if not saved.startswith(stamp) else "files changed, added or deleted since"
+        warnings.warn(f"rebuilding the extraction cache {dest} from {tarball} ({why})", stacklevel=2)
     tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".partial-", dir=dest.parent))
     try:
         _extract_checked(tarball, tmp)
-        (tmp / ".complete").write_text(stamp)
+        (tmp / ".complete").write_text(stamp + _manifest(tmp))
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)
@@ -243,11 +273,26 @@ def extract_tarball_once(tarball: Path, dest: Path, forbidden: Path | None = Non
     return dest
 
 
+def _manifest(tree: Path) -> str:
+    """One line per file of an extracted tree (but its marker): relative path, size and mtime, sorted, so
+    a deleted, added, truncated or rewritten file shows as a different manifest."""
+    lines = []
+    for folder, _, names in os.walk(tree):
+        for name in names:
+            path = Path(folder) / name
+            rel = path.relative_to(tree).as_posix()
+            if rel != ".complete":
+                st = path.stat()
+                lines.append(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n")
+    return "".join(sorted(lines))
+
+
 def _tarball_sha256(tarball: Path, record: Path) -> str:
-    """sha256 of the tarball, reused from `record` while its name, size and mtime are unchanged."""
+    """sha256 of the tarball, reused from `record` while the file is the same one: same name, size, mtime,
+    inode and ctime (a swapped file gets a new ctime even when its mtime is set back, so it is hashed again)."""
     from .atomic import atomic_write_text, sha256_file
     st = tarball.stat()
-    key = f"{tarball.resolve()} {st.st_size} {st.st_mtime_ns}"
+    key = f"{tarball.resolve()} {st.st_size} {st.st_mtime_ns} {st.st_ino} {st.st_ctime_ns}"
     if record.is_file():
         saved_key, _, digest = record.read_text().strip().rpartition(" ")
         if saved_key == key:

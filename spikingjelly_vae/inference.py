@@ -17,11 +17,11 @@ __all__ = ["sample_to_file", "reconstruct_to_file", "model_summary", "kernel_bac
 
 
 def _output_path(out, suffixes, force: bool) -> Path:
+    from .overwrite import claim_output
     out = Path(out)
     if out.suffix.lower() not in suffixes:
         raise ValueError(f"output {str(out)!r} must end in {' or '.join(suffixes)}")
-    if out.exists() and not force:
-        raise ValueError(f"{str(out)!r} exists; pass --force to replace it or choose another --out")
+    claim_output(out, "PNG image" if out.suffix.lower() == ".png" else "tensor file", force=force)
     out.parent.mkdir(parents=True, exist_ok=True)
     return out
 

@@ -245,11 +245,13 @@ def _load_gmm(path: Path, latent_dim: Optional[int]) -> GaussianMixturePrior:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise PriorError(f"{what}: unreadable ({type(err).__name__}: {err})") from None
-    keys = {"format", "format_version", "covariance", "eps", "weights", "means", "covariances",
-            "provenance", "digest"}
-    if not isinstance(payload, dict) or set(payload) != keys or payload["format"] != FORMAT:
-        raise PriorError(f"{what}: wrong contents")
+        from .schemas import load_error_line
+        raise PriorError(f"{what}: unreadable ({load_error_line(err)})") from None
+    from .schemas import GMMPriorFile, check
+    try:
+        check(GMMPriorFile, payload, path, "refit it with `sjvae prior fit`")
+    except ValueError as err:
+        raise PriorError(str(err)) from None
     if payload["format_version"] != FORMAT_VERSION:
         raise PriorError(f"{what}: format version {payload['format_version']} (this package reads "
                          f"{FORMAT_VERSION})")

@@ -36,7 +36,7 @@ from .data import (DATASETS, ImageFileDataset, load_dataset, resolve_cache_dir, 
 __all__ = ["RESIDENT_DATASETS", "ResidentDataset", "ResidentLoader", "fits_on_device", "signed_lut"]
 
 RESIDENT_DATASETS = {"mnist": 70000, "fashion": 70000, "cifar10": 60000}  # train + test images
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: entries carry payload_sha256
 CHUNK = 1 << 20
 
 
@@ -93,7 +93,7 @@ class ResidentDataset:
         if entry is None:
             images, labels = decode(source)
             entry = {"format": CACHE_FORMAT, "name": name, "split": split, "source_sha256": key,
-                     "images": images, "labels": labels}
+                     "images": images, "labels": labels, "payload_sha256": payload_hash(images, labels)}
             atomic_write(path, lambda p: torch.save(entry, p))
         device = torch.device(device)
         return cls(entry["images"].to(device), entry["labels"].to(device), name=name, split=split)
@@ -188,6 +188,14 @@ def source_hash(name: str, split: str, source) -> str:
     return h.hexdigest()
 
 
+def payload_hash(images: torch.Tensor, labels: torch.Tensor) -> str:
+    """SHA-256 of a cache entry's tensors (shapes and bytes), checked on every read."""
+    h = hashlib.sha256(f"{tuple(images.shape)} {tuple(labels.shape)}\n".encode())
+    h.update(images.contiguous().numpy())  # buffer protocol: no copy
+    h.update(labels.contiguous().numpy())
+    return h.hexdigest()
+
+
 def _source_files(source):
     """`(tag, path)` of the files a `load_dataset` split reads; the tag keeps names and labels in the key."""
     if isinstance(source, datasets.MNIST):  # also FashionMNIST
@@ -239,6 +247,8 @@ def _read_cache(path: Path, name: str, split: str, key: str):
               and images.dtype == torch.uint8 and images.dim() == 4 and tuple(images.shape[1:]) == shape
               and labels.dtype == torch.long and labels.shape == images.shape[:1])
         reason = "it does not match its sources (format, key, dataset or shapes differ)"
+        if ok and entry.get("payload_sha256") != payload_hash(images, labels):
+            ok, reason = False, "its images or labels changed since it was written (payload sha256 differs)"
     except Exception as e:  # noqa: BLE001 - any unreadable file is rebuilt
         ok, reason = False, f"it does not load ({type(e).__name__}: {e})"
     if ok:

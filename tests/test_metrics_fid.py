@@ -133,7 +133,7 @@ def test_reference_stats_are_cached_and_keyed_by_protocol(inception, tmp_path):
     c = fid_reference_stats("mnist", "test", inception, "clean", **kw)
     assert not c["cached"] and c["path"] != a["path"]
     with np.load(a["path"]) as z:
-        assert set(z.files) == {"mu", "sigma", "count", "protocol"}
+        assert set(z.files) == {"mu", "sigma", "count", "protocol", "payload_sha256"}
         assert json.loads(str(z["protocol"]))["mode"] == "fast"
     # a file whose stored protocol does not match is recomputed, not reused
     with np.load(a["path"]) as z:

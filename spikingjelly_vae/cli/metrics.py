@@ -71,9 +71,11 @@ _counts = options(
                    ".eval-<protocol>.<prior>.json for a GMM prior; results/pretrained/<name>... for "
                    "--pretrained).")
 @_allow_mismatch
+@click.option("--force", is_flag=True, help="Replace an existing --output (never a file of another kind, such as "
+                                            "a checkpoint).")
 @reports_value_errors
 def evaluate_cmd(*, checkpoint, pretrained, metrics, dataset, device, output, download, allow_dataset_mismatch,
-                 **kwargs):
+                 force, **kwargs):
     """Compute MSE, FID, IS and FAD of a checkpoint; print a table and write JSON.
 
     Exits 1 (after writing the JSON) when a metric whose weights were given (--inception-weights,
@@ -83,15 +85,16 @@ def evaluate_cmd(*, checkpoint, pretrained, metrics, dataset, device, output, do
     from ..atomic import write_json
     from ..metrics.evaluate import evaluate_checkpoint, format_table, requested_failures, split_eval_kwargs
     names = tuple(m.strip().lower() for m in metrics.split(",") if m.strip())
-    check_writable(Path(output) if output else _default_output(  # before the long work
-        checkpoint, pretrained, {"protocol": kwargs["protocol"], "prior": "learned"}))
+    claim = _claim_result(output, force)
+    check_writable(claim(Path(output) if output else _default_output(  # before the long work
+        checkpoint, pretrained, {"protocol": kwargs["protocol"], "prior": "learned"})))
     options_, sources, _ = split_eval_kwargs(metrics=names, **kwargs)
     res = evaluate_checkpoint(checkpoint, options_, sources, dataset=dataset, device=device, progress=True,
                               log=lambda msg: click.echo(msg, err=True),
                               allow_dataset_mismatch=allow_dataset_mismatch)
     if pretrained:
         res["pretrained"] = pretrained
-    out = Path(output) if output else _default_output(checkpoint, pretrained, res)
+    out = claim(Path(output) if output else _default_output(checkpoint, pretrained, res))
     click.echo(format_table(res))
     if res.get("dataset_mismatch"):
         click.echo(f"NOTE: a {res['checkpoint_dataset']} model measured on {res['dataset']} (marked in the JSON)")
@@ -101,6 +104,14 @@ def evaluate_cmd(*, checkpoint, pretrained, metrics, dataset, device, output, do
     if failed:
         raise click.ClickException("requested metrics not computed: "
                                    + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+
+
+def _claim_result(output, force: bool):
+    """The output rule (overwrite.claim_output) for evaluate results: an explicit --output needs --force to
+    replace a result; the default file beside the checkpoint is that checkpoint's own result and is
+    replaced. Neither ever replaces a file of another kind."""
+    from ..overwrite import claim_output
+    return lambda path: claim_output(path, "evaluate result", force=force or not output, option="--output")
 
 
 def _default_output(checkpoint, pretrained, res) -> Path:
@@ -162,6 +173,7 @@ def fad_ae_train(dataset, data_root, device, download, **kwargs):
               help="Table format printed.")
 @click.option("--output", default=None, type=click.Path(dir_okay=False),
               help="Also write every row (values, source, notes) to this JSON file.")
+@click.option("--force", is_flag=True, help="Replace an existing --output table (never a file of another kind).")
 @_allow_mismatch
 @data_root_option("With --evaluate: folder holding the datasets.")
 @click.option("--inception-weights", default=None, help="With --evaluate: FID Inception TorchScript file.")
@@ -169,7 +181,7 @@ def fad_ae_train(dataset, data_root, device, download, **kwargs):
 @click.option("--fad-dir", default=None, help="With --evaluate: folder with the official FAD files.")
 @device_option
 @reports_value_errors
-def compare_cmd(*, paths, protocol, which, run_evaluate, all_published, fmt, output, allow_dataset_mismatch,
+def compare_cmd(*, paths, protocol, which, run_evaluate, all_published, fmt, output, allow_dataset_mismatch, force,
                 **evaluate_kwargs):
     """Table I: published numbers beside ours, from evaluate JSONs, checkpoints or run folders (PATHS).
 
@@ -177,7 +189,8 @@ def compare_cmd(*, paths, protocol, which, run_evaluate, all_published, fmt, out
     """
     from ..metrics.compare import compare
     if output:
-        check_writable(output)
+        from ..overwrite import claim_output
+        check_writable(claim_output(output, "compare table", force=force, option="--output"))
     kwargs = {**evaluate_kwargs, "log": lambda msg: click.echo(msg, err=True)} if run_evaluate else {}
     res = compare(paths, protocol, which, run_evaluate, all_published=all_published, fmt=fmt, output=output,
                   allow_dataset_mismatch=allow_dataset_mismatch, **kwargs)

@@ -3,6 +3,7 @@ bad input (ValueError) -> usage error (exit 2); a file that cannot be read or wr
 disk or a read-only folder) -> one-line error (exit 1). The global `sjvae --debug` shows the traceback."""
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import tempfile
@@ -32,8 +33,9 @@ def _debug() -> bool:
 
 
 def reports_value_errors(f):
-    """Expected failures as one line and a non-zero exit: ValueError -> usage error (exit 2), OSError
-    (unreadable or unwritable file, full disk) -> error (exit 1); with `sjvae --debug` they propagate."""
+    """Failures as one line and a non-zero exit: ValueError -> usage error (exit 2), OSError (unreadable or
+    unwritable file, full disk) -> error (exit 1), anything else -> "unexpected ..." (exit 1); with
+    `sjvae --debug` they propagate with their traceback."""
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         try:
@@ -41,13 +43,36 @@ def reports_value_errors(f):
         except ValueError as e:
             if _debug():
                 raise
-            raise click.UsageError(str(e)) from None
+            raise click.UsageError(one_line(str(e))) from None
         except OSError as e:
             if _debug():
                 raise
-            where = f" {e.filename}" if e.filename else ""
-            raise click.ClickException(f"cannot read or write{where}: {e.strerror or e}") from None
+            raise click.ClickException(one_line(os_error_line(e))) from None
+        except click.ClickException:
+            raise
+        except Exception as e:  # a failure nobody foresaw: still one line; the traceback under --debug
+            if _debug():
+                raise
+            raise click.ClickException(f"unexpected {type(e).__name__}: {one_line(str(e))}; rerun with "
+                                       "`sjvae --debug ...` for the traceback and report it") from None
     return wrapper
+
+
+def one_line(message: str) -> str:
+    """An error message as one line: its first non-empty line, plus where the rest is (`sjvae --debug`)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else message
+    return f"{lines[0]} (`sjvae --debug ...` shows the details)"
+
+
+def os_error_line(e: OSError) -> str:
+    """`no space left on <path>` for a full disk (or quota), else `cannot read or write <path>: <reason>`."""
+    where = f" {e.filename}" if e.filename else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"no space left on{where or ' the device'} ({e.strerror or e}); free some space and rerun "
+                "(files written before are unchanged)")
+    return f"cannot read or write{where}: {e.strerror or e}"
 
 
 def check_writable(path) -> Path:

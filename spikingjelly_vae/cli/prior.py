@@ -47,9 +47,9 @@ def prior_fit(*, checkpoint, components, covariance, max_images, dataset, data_r
     from ..experiments.common import choose_dataset
     from ..prior import default_prior_path, fit_gmm_prior
     from ..runtime import resolve_device
-    out = Path(out) if out else default_prior_path(checkpoint, components, covariance)
-    if out.exists() and not force:
-        raise ValueError(f"{out} exists; pass --force to replace it or choose another --out")
+    from ..overwrite import claim_output
+    out = claim_output(Path(out) if out else default_prior_path(checkpoint, components, covariance), "GMM prior",
+                       force=force)
     dev = resolve_device(device)
     model, ckpt = load_model(checkpoint, map_location=dev)
     dataset = choose_dataset(dataset, [ckpt], [checkpoint])

@@ -133,15 +133,33 @@ def train_cmd(ctx, **opts):
 
 def _resumed_options(opts: dict, given: set) -> dict:
     """The run's own options (train_config.json), with those given again on this command line on top."""
-    saved = Path(opts["out"] or ".") / "train_config.json"
-    if opts["out"] is None or not saved.is_file():
-        raise ValueError(f"--resume needs --out <run folder> holding train_config.json and last.pt "
-                         f"({saved} not found)")
-    base = json.loads(saved.read_text())["train_config"]
+    base = _saved_options(opts["out"])
     again = {k: v for k, v in opts.items() if k in given}
     again["model_kwargs"] = {**base.get("model_kwargs", {}), **opts["model_kwargs"]}
     # --download is never carried over from the saved run: only this command line asks for a download
     return {**base, **again, "resume": True, "force": False, "download": opts["download"]}
+
+
+def _saved_options(out) -> dict:
+    """The options a run was started with: its train_config.json (checked against its schema), else, when
+    that file is gone, the copy its last.pt keeps."""
+    from ..checkpoint import load_checkpoint
+    from ..schemas import TrainConfigFile, check
+    folder = Path(out or ".")
+    saved, last = folder / "train_config.json", folder / "last.pt"
+    if out is None or not (saved.is_file() or last.is_file()):
+        raise ValueError(f"--resume needs --out <run folder> holding train_config.json and last.pt "
+                         f"({saved} not found)")
+    if not saved.is_file():
+        click.echo(f"resume: {saved} is missing; using the options recorded in {last}", err=True)
+        return dict(load_checkpoint(last, resume=True)["train_config"])
+    try:
+        data = json.loads(saved.read_text())
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"{saved} is not readable JSON ({err}); delete it to resume with the options "
+                         f"recorded in {last}") from None
+    check(TrainConfigFile, data, saved, f"delete it to resume with the options recorded in {last}")
+    return dict(data["train_config"])
 
 
 @main.command("sample")

@@ -141,14 +141,32 @@ def cached_features(model, checkpoint, *, dataset: str, data_root, num_train: Op
         except Exception:  # a damaged cache is recomputed, never trusted
             cached = None
         if isinstance(cached, dict) and cached.get("key") == key:
-            return {**cached, "from_cache": True}
+            if cached.get("payload_sha256") == _features_sha256(cached):
+                return {**cached, "from_cache": True}
+            import warnings
+            warnings.warn(f"recomputing the feature cache {cache_file}: its tensors changed since it was written "
+                          "(payload sha256 differs)", stacklevel=2)
     feats = {"key": key}
     for split, n in (("train", num_train), ("test", num_test)):
         loader = image_loader(dataset, split, root=data_root, num_images=n, batch_size=batch_size)
         feats[f"{split}_x"], feats[f"{split}_y"] = extract_features(model, loader, device, progress)
+    feats["payload_sha256"] = _features_sha256(feats)
     if cache_file is not None:
         save_checkpoint(cache_file, feats)
     return {**feats, "from_cache": False}
+
+
+def _features_sha256(feats: dict) -> Optional[str]:
+    """sha256 over the cached feature and label tensors (None if one is missing or not a tensor)."""
+    import hashlib
+    h = hashlib.sha256()
+    for name in ("train_x", "train_y", "test_x", "test_y"):
+        t = feats.get(name)
+        if not isinstance(t, torch.Tensor):
+            return None
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def plot_history(results: Dict[str, Dict], path, chance: Optional[float] = None) -> None:

@@ -82,6 +82,8 @@ def _read_json(path: Path) -> dict:
         raise ValueError(f"{path}: not a readable JSON file ({err})") from None
     if not _is_eval_json(data):
         raise ValueError(f"{path} is JSON but not a result of `sjvae evaluate` (it needs 'metrics' and 'dataset')")
+    from ..schemas import EvaluateResult, check
+    check(EvaluateResult, data, path, "rerun `sjvae evaluate` to write it again")
     return data
 
 

@@ -11,6 +11,7 @@ A metric whose weights are missing is reported as unavailable with the reason, n
 """
 from __future__ import annotations
 
+import math
 import platform
 import time
 from dataclasses import dataclass, fields
@@ -171,8 +172,10 @@ def _check_cache_outside_data_root(sources: EvalSources) -> None:
 
 
 def requested_failures(res: dict, requested) -> dict:
-    """The metrics of `requested` that the result could not compute (name -> reason)."""
-    return {k: v for k, v in (res.get("unavailable") or {}).items() if k in set(requested)}
+    """The metrics of `requested` that the result could not compute, and any metric whose value came out
+    non-finite (name -> reason)."""
+    failed = set(requested) | set(res.get("non_finite") or ())
+    return {k: v for k, v in (res.get("unavailable") or {}).items() if k in failed}
 
 
 def _timed(run: _Run, name: str, step: Callable) -> None:
@@ -181,6 +184,11 @@ def _timed(run: _Run, name: str, step: Callable) -> None:
     t = time.time()
     try:
         out = step(run)
+        bad = sorted(k for k, v in (out or {}).items() if isinstance(v, float) and not math.isfinite(v))
+        if bad:
+            run.res["non_finite"] = [*run.res.get("non_finite", []), name]
+            raise MetricUnavailable(f"the model gave a non-finite {', '.join(bad)} (NaN or infinite), which is "
+                                    "not a result; check the checkpoint's weights and the data")
         if out is not None:
             run.res["metrics"][name] = out
     except MetricUnavailable as e:

@@ -26,7 +26,7 @@ from ..models.autoencoder import AE, build_feature_ae
 from .frechet import frechet_distance, gaussian_stats
 from ..data import DATASETS, dataset_spec, resolve_cache_dir
 from ..atomic import sha256_file
-from .resources import MetricUnavailable, protocol_key, save_npz_atomic
+from .resources import MetricUnavailable, load_npz_cache, protocol_key, save_npz_atomic
 
 __all__ = ["FAD_PROTOCOLS", "FADModel", "load_fad_model", "ae_features",
            "fad_test_stats", "compute_fad", "our_ae_paths"]
@@ -176,11 +176,9 @@ def fad_test_stats(fad: FADModel, protocol: str, *, root=None, cache_dir=None, n
              "dataset_size": len(data), "ae_sha256": sha256_file(fad.checkpoint)}
     path = resolve_cache_dir(cache_dir) / "fad_stats" / (
         f"{fad.dataset}_{split}_{protocol}_{proto['num']}_{protocol_key(proto)}.npz")
-    if path.is_file():
-        with np.load(path) as z:
-            if json.loads(str(z["protocol"])) == proto:
-                return {"mu": z["mu"], "sigma": z["sigma"], "count": int(z["count"]), "path": str(path),
-                        "cached": True}
+    z = load_npz_cache(path, proto)
+    if z is not None:
+        return {"mu": z["mu"], "sigma": z["sigma"], "count": int(z["count"]), "path": str(path), "cached": True}
     feats = ae_features(dataset_batches(data, batch_size, num), fad.ae, protocol)
     mu, sigma = gaussian_stats(feats)
     save_npz_atomic(path, mu=mu, sigma=sigma, count=np.int64(len(feats)),

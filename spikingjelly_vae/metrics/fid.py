@@ -26,7 +26,7 @@ from PIL import Image
 from .frechet import frechet_distance, gaussian_stats
 from ..data import resolve_cache_dir
 from ..atomic import sha256_file
-from .resources import MetricUnavailable, protocol_key, resolve_file, save_npz_atomic
+from .resources import MetricUnavailable, load_npz_cache, protocol_key, resolve_file, save_npz_atomic
 
 __all__ = ["FID_MODES", "INCEPTION_FILE", "to_pixels", "clean_resize", "fast_resize", "FIDInception",
            "load_fid_inception", "inception_features", "fid_reference_stats", "compute_fid"]
@@ -156,11 +156,10 @@ def fid_reference_stats(dataset: str, split: str, inception: FIDInception, mode:
     protocol = _stats_protocol(dataset, split, mode, num, inception, resolve_data_root(root), len(data))
     path = resolve_cache_dir(cache_dir) / "fid_stats" / (
         f"{dataset}_{split}_{mode}_{protocol['num']}_{protocol_key(protocol)}.npz")
-    if path.is_file():
-        with np.load(path) as z:
-            if json.loads(str(z["protocol"])) == protocol:
-                return {"mu": z["mu"], "sigma": z["sigma"], "count": int(z["count"]),
-                        "protocol": protocol, "path": str(path), "cached": True}
+    z = load_npz_cache(path, json.loads(json.dumps(protocol)))
+    if z is not None:
+        return {"mu": z["mu"], "sigma": z["sigma"], "count": int(z["count"]),
+                "protocol": protocol, "path": str(path), "cached": True}
     from .sources import dataset_batches
     feats = inception_features(dataset_batches(data, batch_size, num), inception, mode, device=device,
                                progress=progress)

@@ -18,11 +18,14 @@ def _read_state(run_dir: Path) -> Optional[dict]:
     path = run_dir / STATE_FILE
     if not path.is_file():
         return None
+    hint = f"restore it from a backup or delete the folder {run_dir} to start that model over"
     try:
-        return json.loads(path.read_text())
+        state = json.loads(path.read_text())
     except ValueError as err:
-        raise ValueError(f"{path} is not readable JSON ({err}); restore it from git or delete the folder "
-                         f"{run_dir} to start that model over") from None
+        raise ValueError(f"{path} is not readable JSON ({err}); {hint}") from None
+    from ..schemas import ReproduceState, check
+    check(ReproduceState, state, path, hint)
+    return state
 
 
 def _write_state(run_dir: Path, state: dict) -> None:

@@ -11,6 +11,7 @@ between them is repaired on --resume (`repair_epoch`, from last.pt). The writer 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import shutil
@@ -137,10 +138,17 @@ class CsvLog:
     def __init__(self, path: Path, keep_through_epoch: Optional[int] = None):
         self.path, self.fields, self.last_epoch = path, None, 0
         if path.is_file():
-            with path.open(newline="") as f:
+            text = path.read_text()
+            if not text.endswith("\n"):  # a row cut by a crash mid-write has no line end: drop it
+                text = text[:text.rfind("\n") + 1]
+            with io.StringIO(text, newline="") as f:
                 reader = csv.DictReader(f)
-                self.fields = reader.fieldnames
-                rows = [r for r in reader if keep_through_epoch is not None and int(r["epoch"]) <= keep_through_epoch]
+                self.fields = reader.fieldnames if reader.fieldnames and "epoch" in reader.fieldnames else None
+                rows = [r for r in reader if self.fields and keep_through_epoch is not None
+                        and _whole_row(r, self.fields) and int(r["epoch"]) <= keep_through_epoch]
+            if self.fields is None:  # empty or without a header: start it again (repair_epoch redoes a row)
+                path.unlink()
+                return
             buf = [",".join(self.fields)] + [",".join(r[k] for k in self.fields) for r in rows]
             atomic_write_text(path, "\n".join(buf) + "\n")
             self.last_epoch = max((int(r["epoch"]) for r in rows), default=0)
@@ -157,6 +165,11 @@ class CsvLog:
             f.flush()
             os.fsync(f.fileno())
         self.last_epoch = int(row["epoch"])
+
+
+def _whole_row(row: dict, fields) -> bool:
+    """A log row that a crash did not cut: every field present and a whole-number epoch."""
+    return None not in row and all(row.get(k) not in (None, "") for k in fields) and row["epoch"].isdigit()
 
 
 def open_tensorboard(out: Path, enabled: bool):

@@ -156,7 +156,7 @@ def _model(cfg: TrainConfig, out: Path):
         model_config, model = build_from_config(cfg)
         return model, model_config, None
     path = resume_source(out)
-    model, ckpt = load_model(path, map_location="cpu")  # CheckpointError if unusable
+    model, ckpt = load_model(path, map_location="cpu", resume=True)  # CheckpointError if unusable
     saved = ckpt.get("train_config") or {}
     if (saved.get("dataset"), saved.get("model")) != (cfg.dataset, cfg.model):
         raise ValueError(f"{path} is a {saved.get('model')}/{saved.get('dataset')} run; "
@@ -192,9 +192,14 @@ def _optimizer(run: Run) -> None:
     run.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     run.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
     if run.ckpt is not None:
-        run.optimizer.load_state_dict(run.ckpt["optimizer"])
-        if run.ckpt.get("scaler"):
-            run.scaler.load_state_dict(run.ckpt["scaler"])
+        try:
+            run.optimizer.load_state_dict(run.ckpt["optimizer"])
+            if run.ckpt.get("scaler"):
+                run.scaler.load_state_dict(run.ckpt["scaler"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+            why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            raise ValueError(f"{resume_source(run.out)}: its optimizer state does not fit this model ({why}); start "
+                             "the run over with --force or another --out") from None
         run.start_epoch, run.step = int(run.ckpt["epoch"]), int(run.ckpt.get("step", 0))
         run.best = float(run.ckpt.get("best_test_loss", math.inf))
         run.saved_step, run.last_metrics = run.step, dict(run.ckpt.get("metrics") or {})
