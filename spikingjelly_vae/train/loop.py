@@ -24,7 +24,7 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
-from ..runtime import derived_seed, eval_mode, resolve_device
+from ..runtime import derived_seed, eval_mode, progress_bar, resolve_device
 from .config import TrainConfig
 from .distributed import all_sum, barrier, dist_setup, on_rank0
 from .outputs import grid_due, prepare_out, release_lock, write_epoch, write_grids
@@ -125,7 +125,8 @@ def _epoch(run: Run, epoch: int, *, steps_bar=None) -> dict:
     train = _train_epoch(run, epoch, model_gen, steps_bar)
     epoch_seconds = time.time() - t0
     test_gen = torch.Generator(device=run.device).manual_seed(derived_seed(cfg.seed, epoch, rank, "test"))
-    test = _reduce(evaluate_loader(run.model, run.loaders.test, run.device, test_gen, amp=cfg.amp), run.world)
+    test = _reduce(evaluate_loader(run.model, run.loaders.test, run.device, test_gen, amp=cfg.amp,
+                                   progress=run.is_main and cfg.progress), run.world)
     run.train_images += int(train["count"])
     run.train_seconds += epoch_seconds
     metrics = {"epoch": epoch + 1, "step": run.step,
@@ -164,6 +165,7 @@ def _train_epoch(run: Run, epoch: int, model_gen: torch.Generator, steps_bar=Non
     bar = steps_bar if steps_bar is not None else tqdm(
         total=len(loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, dynamic_ncols=True, leave=True)
     sums, seen, t0 = {"count": 0.0}, 0, time.time()
+    forecast = _forecast(run, epoch) if epoch == run.start_epoch else None
     for x, _ in loader:
         x = x.to(run.device, non_blocking=True)
         terms, loss_value = train_step(run.net, run.model, run.optimizer, run.scaler, x, generator=model_gen,
@@ -185,12 +187,26 @@ def _train_epoch(run: Run, epoch: int, model_gen: torch.Generator, steps_bar=Non
             bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{seen * run.world / (time.time() - t0):.0f}",
                             refresh=False)
         bar.update(1)
+        if forecast is not None:
+            forecast.step()
         if run.steps_done():
             break
     if steps_bar is None:
         bar.close()
     sums["count"] = float(seen)
     return _reduce(sums, run.world)
+
+
+def _forecast(run: Run, epoch: int):
+    """A StepForecast for the first epoch of this call, reporting on rank 0 (with or without --progress)."""
+    from tqdm.auto import tqdm
+
+    from .forecast import StepForecast
+    steps = len(run.loaders.train)
+    total = run.cfg.epochs * steps if run.cfg.max_steps is None else min(run.cfg.max_steps, run.cfg.epochs * steps)
+    report = (lambda line: tqdm.write(line, file=sys.stderr)) if run.is_main else (lambda line: None)
+    return StepForecast(epoch=epoch + 1, epochs=run.cfg.epochs, epoch_steps=steps,
+                        call_steps=max(0, total - run.step), report=report)
 
 
 def _nan_advice(epoch: int) -> str:
@@ -231,14 +247,15 @@ def autocast(device: torch.device, amp: str):
 
 
 @torch.no_grad()
-def evaluate_loader(model, loader, device, generator=None, *, amp: str = "off") -> dict:
+def evaluate_loader(model, loader, device, generator=None, *, amp: str = "off", progress: bool = False) -> dict:
     """Sums over a loader in eval mode: batch-size-weighted loss terms and per-image MSE.
 
     Returns `{"count": n, "<term>": sum_batches n_b * term_b, "mse": sum_i mean_pixels (x_hat_i - x_i)^2}`;
-    divide by `count` for means (the reported test MSE is the per-image mean).
+    divide by `count` for means (the reported test MSE is the per-image mean). `progress`: a bar over batches.
     """
     sums: dict = {}
-    with eval_mode(model):
+    bar = progress_bar(total=len(loader), desc="test", unit="batch", enabled=progress)
+    with eval_mode(model), bar:
         for x, _ in loader:
             x = x.to(device, non_blocking=True)
             with autocast(device, amp):
@@ -250,6 +267,7 @@ def evaluate_loader(model, loader, device, generator=None, *, amp: str = "off") 
                 sums[key] = sums.get(key, 0.0) + float(value) * n
             per_image = (out[0].double() - x.double()).pow(2).flatten(1).mean(1)
             sums["mse"] = sums.get("mse", 0.0) + per_image.sum().item()
+            bar.update(1)
     return sums
 
 
