@@ -69,6 +69,6 @@ def build_model(config: dict) -> nn.Module:
 
 from . import hub  # noqa: E402,F401  (registers the named weights of the builders above)
 
-__all__ = ["WEIGHTS", "get_weights", "weights_names", "ESVAE", "ESVAELarge", "FSVAE", "FSVAELarge", "ANNVAE", "ANNVAELarge", "MODELS", "build_model",
+__all__ = ["ESVAE", "ESVAELarge", "FSVAE", "FSVAELarge", "ANNVAE", "ANNVAELarge", "MODELS", "build_model",
            "create_model", "esvae_large", "fsvae_large", "ann_vae_large", "get_model_builder", "model_names",
-           "register_model"]
+           "register_model", "WEIGHTS", "get_weights", "weights_names"]
