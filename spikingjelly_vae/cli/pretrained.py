@@ -17,7 +17,7 @@ def pretrained_cmd(as_json):
     if as_json:
         click.echo(json.dumps(names, indent=2))
         return
-    for name, e in names.items():
+    for name, e in sorted(names.items(), key=lambda kv: (kv[1]["status"] == "training", kv[0])):  # loadable first
         reached = "?" if e["epochs_reached"] is None else e["epochs_reached"]
         line = f"{name:20s} {e['status']:9s} {reached}/{e['epochs_total']} epochs"
         if e["status"] in ("available", "preview"):
