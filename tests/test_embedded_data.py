@@ -50,3 +50,19 @@ def test_equals_the_first_mnist_images():
 def test_presets_are_mnists():
     for model in ("esvae", "fsvae", "ann-vae"):
         assert get_preset(model, "mnist-mini") == get_preset(model, "mnist")
+
+
+def test_shipped_files_are_package_data():
+    """The embedded data and every loadable weights file match a package-data pattern of pyproject.toml, so a
+    wheel (not only an editable install) carries them."""
+    import fnmatch
+    tomllib = pytest.importorskip("tomllib")
+    from spikingjelly_vae.registry import WEIGHTS, WEIGHTS_DIR
+    package = WEIGHTS_DIR.parent
+    pyproject = tomllib.loads((package.parent / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["spikingjelly_vae"]
+    shipped = [*EMBEDDED.values(), *(e.path() for e in WEIGHTS.values() if e.file)]
+    assert len(shipped) >= 2
+    for path in shipped:
+        relative = path.relative_to(package).as_posix()
+        assert path.is_file() and any(fnmatch.fnmatch(relative, p) for p in patterns), relative
