@@ -49,6 +49,13 @@ def test_forecast_reports_once_after_the_timed_steps():
         g.step()
     assert short == ["timed 3 steps: 0.5 s/step; the 400 steps of this call should take about 3.3 min plus "
                      "the evaluation"]
+    bounded = []  # --max-steps beyond the first epoch: no preset epoch count in the line
+    h = StepForecast(epoch=1, epochs=None, epoch_steps=4, call_steps=6, report=bounded.append, clock=lambda: now[0])
+    for _ in range(4):
+        now[0] += 1.0
+        h.step()
+    assert bounded == ["timed 3 steps: 1 s/step; epoch 1 (4 steps) should take about 4 s plus its evaluation; all 6 "
+                       "steps of this call about 6 s"]
     assert [format_duration(s) for s in (45, 600, 7200, 3 * 86400)] == ["45 s", "10.0 min", "2.0 h", "3.0 days"]
 
 

@@ -23,9 +23,11 @@ class StepForecast:
     """Call `step()` after every optimizer step of an epoch. The first `warmup` steps are not timed (lazy
     initialisation, kernel compilation); once `steps` more are done, `report` gets one line: seconds per
     step, the predicted training time of this epoch (`epoch_steps` steps), and of what the call still has
-    to train (`call_steps` steps, e.g. the remaining epochs or --max-steps). Evaluation is not included."""
+    to train (`call_steps` steps, e.g. the remaining epochs or --max-steps; `epochs` None when --max-steps, not
+    the epoch count, ends the call). Evaluation is not included."""
 
-    def __init__(self, *, epoch: int, epochs: int, epoch_steps: int, call_steps: int, report: Callable[[str], None],
+    def __init__(self, *, epoch: int, epochs: Optional[int], epoch_steps: int, call_steps: int,
+                 report: Callable[[str], None],
                  warmup: int = 1, steps: int = 3, clock: Callable[[], float] = time.perf_counter):
         self.epoch, self.epochs, self.epoch_steps, self.call_steps = epoch, epochs, epoch_steps, call_steps
         self.report, self.warmup, self.steps, self.clock = report, warmup, steps, clock
@@ -45,9 +47,11 @@ class StepForecast:
                 self.line = head + (f"the {self.call_steps} steps of this call should take about "
                                     f"{format_duration(per_step * self.call_steps)} plus the evaluation")
             else:
-                self.line = head + (f"epoch {self.epoch}/{self.epochs} ({self.epoch_steps} steps) should take about "
+                of = f"/{self.epochs}" if self.epochs else ""
+                self.line = head + (f"epoch {self.epoch}{of} ({self.epoch_steps} steps) should take about "
                                     f"{format_duration(per_step * self.epoch_steps)} plus its evaluation")
                 if self.call_steps > self.epoch_steps:
-                    self.line += (f"; all {self.call_steps} steps still to train about "
+                    which = "still to train" if self.epochs else "of this call"
+                    self.line += (f"; all {self.call_steps} steps {which} about "
                                   f"{format_duration(per_step * self.call_steps)}")
             self.report(self.line)

@@ -205,7 +205,8 @@ def _forecast(run: Run, epoch: int):
     steps = len(run.loaders.train)
     total = run.cfg.epochs * steps if run.cfg.max_steps is None else min(run.cfg.max_steps, run.cfg.epochs * steps)
     report = (lambda line: tqdm.write(line, file=sys.stderr)) if run.is_main else (lambda line: None)
-    return StepForecast(epoch=epoch + 1, epochs=run.cfg.epochs, epoch_steps=steps,
+    return StepForecast(epoch=epoch + 1, epochs=None if total < run.cfg.epochs * steps else run.cfg.epochs,
+                        epoch_steps=steps,
                         call_steps=max(0, total - run.step), report=report)
 
 
