@@ -6,7 +6,7 @@ train [T, N, 128] is reduced to firing rates and re-sampled as Poisson spikes, w
 dz/dr = sum_t 1[|r - u_t| < 0.5], so the head sees a stochastic spike code that only carries rates.
 
     python examples/poisson_latent_in_your_snn.py --steps 30                       # synthetic digits
-    python examples/poisson_latent_in_your_snn.py --data-root ../shared/data       # real MNIST
+    python examples/poisson_latent_in_your_snn.py --data-root DATA       # real MNIST
 """
 import argparse
 

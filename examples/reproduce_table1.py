@@ -1,9 +1,9 @@
 """Reproduce Table I of the ESVAE paper from Python, in pieces that each fit a time budget.
 
     python examples/reproduce_table1.py --dataset mnist --out results/table1 --budget-minutes 10 \\
-        --data-root ../shared/data --fad-dir ../shared/data/esvae_fad \\
-        --inception-weights ../shared/data/inception/fid_inception_2015-12-05_pool3_torchscript.pt
-    python examples/reproduce_table1.py --dataset mnist --out /tmp/t1 --data-root ../shared/data --quick
+        --data-root DATA --fad-dir DATA/esvae_fad \\
+        --inception-weights DATA/inception/fid_inception_2015-12-05_pool3_torchscript.pt
+    python examples/reproduce_table1.py --dataset mnist --out /tmp/t1 --data-root DATA --quick
 
 Each call continues every model's schedule in <out>/<dataset>/<model>/ (ESVAE 300 epochs, FSVAE and
 ANN VAE 150), stops at an epoch boundary before the budget runs out, evaluates a schedule once it is

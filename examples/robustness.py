@@ -1,6 +1,6 @@
 """Robustness (Table II, Fig. 5) and encoder-probe (Table III) experiments on trained checkpoints.
 
-    python examples/robustness.py runs/esvae/last.pt [runs/fsvae/last.pt] --data-root ../shared/data
+    python examples/robustness.py runs/esvae/last.pt [runs/fsvae/last.pt] --data-root DATA
 
 Give several checkpoints of the same dataset to compare them: every model decodes the same permutations
 and noise masks (they are drawn from --seed and the batch index only). --quick uses 1,000 test images and

@@ -1,12 +1,12 @@
 """Train ESVAE on CIFAR-10 with the Python API (the official recipe: batch 256, lr 0.0006144, L 128, T 16).
 
-    python examples/train_cifar10.py --data-root ../shared/data               # 300 epochs; use a GPU
+    python examples/train_cifar10.py --data-root DATA               # 300 epochs; use a GPU
     torchrun --nproc_per_node 2 examples/train_cifar10.py --data-root ...     # DDP, one process per GPU
-    python examples/train_cifar10.py --data-root ../shared/data --quick       # CPU smoke run, seconds
+    python examples/train_cifar10.py --data-root DATA --quick       # CPU smoke run, seconds
 
 The data root may hold torchvision's `cifar-10-batches-py/`, an image-folder tree, or the
-`CIFAR-10-images.tar.gz` archive (here: ../shared/data/cifar10_jpeg_q75/, JPEG quality 75, so the numbers
-are close to but not equal to the paper's); the archive is extracted once into the cache folder
+`CIFAR-10-images.tar.gz` archive (also inside a `cifar10_jpeg_q75/` folder; JPEG quality 75 re-encodings give
+numbers close to but not equal to the paper's); the archive is extracted once into the cache folder
 (`--cache-dir`, env SJVAE_CACHE, default ~/.cache/spikingjelly_vae), never into the data root.
 """
 import argparse

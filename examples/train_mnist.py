@@ -1,8 +1,8 @@
 """Train ESVAE on MNIST with the Python API, then sample and reconstruct with the trained model.
 
-    python examples/train_mnist.py --data-root ../shared/data                 # the official recipe (300 epochs)
-    python examples/train_mnist.py --data-root ../shared/data --max-steps 300 --batch-size 16   # ~minutes on CPU
-    python examples/train_mnist.py --data-root ../shared/data --quick         # CPU smoke run, seconds
+    python examples/train_mnist.py --data-root DATA                 # the official recipe (300 epochs)
+    python examples/train_mnist.py --data-root DATA --max-steps 300 --batch-size 16   # ~minutes on CPU
+    python examples/train_mnist.py --data-root DATA --quick         # CPU smoke run, seconds
 
 Everything `sjvae train` does is `spikingjelly_vae.train.fit(TrainConfig(...))`; options left at None come
 from the preset of (model, dataset) in spikingjelly_vae/presets.py.

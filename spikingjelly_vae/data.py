@@ -8,6 +8,9 @@ horizontal flip.
 Where the files are looked for (under the data root: ``root`` argument, else env ``SJVAE_DATA``,
 else ``./data``):
 
+- mnist-mini: nothing; the first 10,000 training and 2,000 test images of MNIST ship inside the package
+  (``embedded/mnist_mini.npz``, its source and licence in ``embedded/README.md``), so first runs need no
+  data folder and no network. Chosen by name only: it never stands in for ``mnist``.
 - mnist:   ``MNIST/raw/`` (torchvision layout, idx files)
 - fashion: ``FashionMNIST/raw/`` (torchvision layout)
 - cifar10: ``cifar-10-batches-py/`` (torchvision python batches), else an image-folder tree
@@ -64,6 +67,8 @@ class DatasetSpec:
 _TRAIN_TEST = ("train", "test")
 DATASETS = {spec.name: spec for spec in (
     DatasetSpec("mnist", "MNIST", 1, 32, 10, False, _TRAIN_TEST, "test", 64, False, 10000, 512),
+    DatasetSpec("mnist-mini", "MNIST (embedded subset)", 1, 32, 10, False, _TRAIN_TEST, "test", 64, False, 2000,
+                512),
     DatasetSpec("fashion", "Fashion MNIST", 1, 32, 10, False, _TRAIN_TEST, "test", 64, True, 10000, 512),
     DatasetSpec("cifar10", "CIFAR10", 3, 32, 10, True, _TRAIN_TEST, "test", 128, True, 10000, 512, resize=False),
     DatasetSpec("celeba", "CelebA", 3, 64, 0, True, ("train", "valid", "test", "all"), "valid", 128, False, 19962,
@@ -74,6 +79,7 @@ CIFAR10_TARBALL = "CIFAR-10-images.tar.gz"
 CELEBA_TRAIN_LAST, CELEBA_VALID_LAST = 162770, 182637  # official list_eval_partition boundaries
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 DOWNLOAD_HINT = ", or add --download to fetch it there (docs/download.md)"
+EMBEDDED = {"mnist-mini": Path(__file__).resolve().parent / "embedded" / "mnist_mini.npz"}  # shipped data
 
 
 def dataset_spec(name: str) -> DatasetSpec:
@@ -136,12 +142,14 @@ def load_dataset(name: str, split: str = "train", root=None, cache_dir=None, *, 
     spec = dataset_spec(name)
     if split not in spec.splits:
         raise ValueError(f"unknown split {split!r} for {name}; choose one of {', '.join(spec.splits)}")
+    if augment is None:
+        augment = split == "train" and spec.flip
+    if name in EMBEDDED:  # inside the package: no data root, nothing to download
+        return _embedded(name, split, _transform(spec, bool(augment)))
     if download:
         from .download import download_dataset
         download_dataset(name, root)
     root = resolve_data_root(root)
-    if augment is None:
-        augment = split == "train" and spec.flip
     tf = _transform(spec, bool(augment))
     if name in ("mnist", "fashion"):
         data = _mnist_like(name, split, root, tf)
@@ -189,6 +197,34 @@ def _mnist_like(name, split, root, tf):
     except (AssertionError, RuntimeError, ValueError, IndexError, KeyError) as err:  # corrupt idx data
         raise ValueError(f"{name} {split} files under {str(root / folder / 'raw')!r} are corrupt or truncated "
                          f"({type(err).__name__}: {err}); replace them with the original idx files") from None
+
+
+class ArrayImageDataset(Dataset):
+    """uint8 images `[N, H, W]` and labels `[N]` (numpy) as `(transform(PIL image), int label)`, as
+    torchvision's MNIST gives them."""
+
+    def __init__(self, images, labels, transform=None):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        img = Image.fromarray(self.images[i])  # uint8 [H, W] -> mode "L"
+        return (self.transform(img) if self.transform else img), int(self.labels[i])
+
+
+def _embedded(name, split, tf):
+    """The shipped subset `name` (EMBEDDED): `<split>_images` [N, 28, 28] uint8 and `<split>_labels`."""
+    import numpy as np
+    path = EMBEDDED[name]
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            images, labels = z[f"{split}_images"], z[f"{split}_labels"]
+    except (OSError, KeyError, ValueError) as err:
+        raise ValueError(f"the embedded dataset {name} ({path}) is missing or corrupt ({type(err).__name__}: "
+                         f"{err}); reinstall the package") from None
+    return ArrayImageDataset(images, labels, tf)
 
 
 class ImageFileDataset(Dataset):

@@ -34,7 +34,7 @@ from pathlib import Path
 from torchvision import datasets
 from torchvision.datasets import utils as tvu
 
-from .data import DATASETS
+from .data import DATASETS, EMBEDDED
 
 __all__ = ["DownloadError", "download_dataset"]
 
@@ -57,6 +57,9 @@ def download_dataset(name: str, root=None, *, log=print) -> Path:
     if name not in DATASETS:
         raise DownloadError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     root = Path(root or os.environ.get("SJVAE_DATA") or "data").expanduser()
+    if name in EMBEDDED:
+        log(f"{name} ships inside the package: nothing to download")
+        return root
     if root.exists() and not root.is_dir():
         raise DownloadError(f"data root {str(root)!r} is not a folder; pass --data-root to a folder")
     for left in sorted(root.glob(WORK_PREFIX + "*")) if root.is_dir() else []:

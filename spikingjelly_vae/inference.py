@@ -10,7 +10,7 @@ import torch
 from .atomic import atomic_write
 from .checkpoint import checkpoint_dataset, load_model
 from .data import dataset_info, load_dataset, to_unit_range
-from .runtime import eval_mode, resolve_device
+from .runtime import eval_mode, progress_bar, resolve_device
 from .train.outputs import save_recon_grid
 
 __all__ = ["sample_to_file", "reconstruct_to_file", "model_summary", "kernel_backend_of"]
@@ -27,11 +27,11 @@ def _output_path(out, suffixes, force: bool) -> Path:
 
 
 def sample_to_file(checkpoint, n: int, out, *, seed: int = 0, device: str = "auto", batch_size: int = 256,
-                   nrow: int = 8, force: bool = False, prior: str = "learned") -> dict:
+                   nrow: int = 8, force: bool = False, prior: str = "learned", progress: bool = False) -> dict:
     """Generate `n` images with `model.sample` (`prior="learned"`) or, for ESVAE, from the rate prior
     `prior` ("gmm:PATH", `prior.load_prior`); write a PNG grid (`.png`, the prior's name in its text
     chunks) or the tensor `[n, C, H, W]` in [-1, 1] (`.pt`). Draws come from one generator seeded with
-    `seed`, so a repeat gives the same images."""
+    `seed`, so a repeat gives the same images. `progress`: a bar over the batches."""
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be >= 1, got {n}, {batch_size}")
     out = _output_path(out, (".png", ".pt"), force)
@@ -47,9 +47,9 @@ def sample_to_file(checkpoint, n: int, out, *, seed: int = 0, device: str = "aut
         def draw(k, generator):
             return sample_images(model, k, prior=rate_prior, generator=generator)
     gen = torch.Generator(device=dev).manual_seed(seed)
+    starts = progress_bar(range(0, n, batch_size), desc="sampling", unit="batch", enabled=progress)
     with torch.no_grad():
-        images = torch.cat([draw(min(batch_size, n - i), generator=gen).float().cpu()
-                            for i in range(0, n, batch_size)])
+        images = torch.cat([draw(min(batch_size, n - i), generator=gen).float().cpu() for i in starts])
     meta = {"checkpoint": str(checkpoint), "prior": prior_name, "seed": str(seed)}
     if out.suffix.lower() == ".pt":
         atomic_write(out, lambda p: torch.save(images, p))

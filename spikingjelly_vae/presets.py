@@ -18,7 +18,7 @@ import copy
 
 from .data import DATASETS
 
-__all__ = ["PRESETS", "TRAIN_KEYS", "get_preset", "register_preset", "effective_lr"]
+__all__ = ["PRESETS", "TRAIN_KEYS", "get_preset", "register_preset", "effective_lr", "preset_table"]
 
 TRAIN_KEYS = ("batch_size", "lr", "epochs", "weight_decay", "drop_last", "bottleneck_lr_mult")
 
@@ -61,6 +61,8 @@ def _ann_vae():
 for _ds, _batch in (("mnist", 250), ("fashion", 250), ("cifar10", 250), ("celeba", 64)):
     PRESETS[("fsvae", _ds)] = _fsvae(_batch, DATASETS[_ds].drop_last)
     PRESETS[("ann-vae", _ds)] = _ann_vae()
+for _model in ("esvae", "fsvae", "ann-vae"):  # the embedded MNIST subset trains with MNIST's rows
+    PRESETS[(_model, "mnist-mini")] = copy.deepcopy(PRESETS[(_model, "mnist")])
 
 
 def register_preset(model: str, dataset: str, row: dict) -> None:
@@ -79,3 +81,24 @@ def get_preset(model: str, dataset: str) -> dict:
     except KeyError:
         known = ", ".join(f"{m}/{d}" for m, d in sorted(PRESETS))
         raise ValueError(f"no preset for model {model!r} on dataset {dataset!r}; known: {known}") from None
+
+
+def preset_table() -> str:
+    """The presets as a small text table (one row per model and group of datasets with equal values), for
+    `sjvae train --help` and the docs."""
+    cols = ("model", "datasets", "epochs", "batch", "lr", "latent", "T", "wd")
+    groups: dict = {}
+    for (model, dataset), row in PRESETS.items():
+        key = (model, row["epochs"], row["batch_size"], row["lr"], row["model"].get("latent_dim"),
+               row["model"].get("T", "-"), row["weight_decay"])
+        groups.setdefault(key, []).append(dataset)
+    order = list(dict.fromkeys(m for m, _ in PRESETS))
+    datasets = {m: [d for mm, d in PRESETS if mm == m] for m in order}
+
+    def named(model, ds):
+        rest = [d for d in datasets[model] if d not in ds]
+        return "all" if not rest else f"all but {rest[0]}" if len(rest) == 1 and len(ds) > 2 else ",".join(ds)
+    rows = [cols] + [(k[0], named(k[0], ds), *(f"{v:g}" if isinstance(v, float) else str(v) for v in k[1:]))
+                     for k, ds in sorted(groups.items(), key=lambda kv: order.index(kv[0][0]))]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)

@@ -1,4 +1,4 @@
-"""Where and how a model runs: device choice, derived seeds, eval mode for a block of code."""
+"""Where and how a model runs: device choice, derived seeds, eval mode for a block of code, progress bars."""
 from __future__ import annotations
 
 import hashlib
@@ -7,7 +7,7 @@ from typing import Iterator, Optional
 
 import torch
 
-__all__ = ["DEVICE_HELP", "resolve_device", "derived_seed", "eval_mode"]
+__all__ = ["DEVICE_HELP", "resolve_device", "derived_seed", "eval_mode", "progress_bar"]
 
 DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda or cuda:N."
 
@@ -49,3 +49,12 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+def progress_bar(iterable=None, *, total=None, desc: str = "", unit: str = "it", enabled: bool = True):
+    """The package's one progress bar (tqdm, on stderr): over `iterable` if given, else updated by hand with
+    `bar.update(n)`; a silent no-op bar when not `enabled`. Pass plain iterables (generators, lists), not
+    a DataLoader whose iteration must not be repeated: count its batches with `update` instead."""
+    from tqdm.auto import tqdm
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True,
+                leave=False)

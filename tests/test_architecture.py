@@ -7,8 +7,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "spikingjelly_vae"
 
 # bottom to top; a unit is a top-level module or subpackage of spikingjelly_vae
 LAYERS = (
-    ("atomic", "registry", "surrogate", "runtime",    # plumbing with no package imports
+    ("atomic", "surrogate", "runtime",                # plumbing with no package imports
      "schemas", "overwrite"),
+    ("registry",),                                     # names -> neurons, model builders, weights
     ("functional",),                                   # the papers' equations
     ("kernels",),                                      # LIF / Poisson / tdBN+LIF: torch twins and CUDA
     ("neuron",),                                       # PaperLIFNode, PoissonLatent

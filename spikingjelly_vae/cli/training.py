@@ -1,12 +1,14 @@
 """`sjvae train`, `sample`, `reconstruct`, `info` (logic in spikingjelly_vae.train and .inference)."""
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
 
 import click
 
+from ..presets import preset_table
 from .main import main
 from .options import (checkpoint_option, data_options, dataset_option, device_option, download_if_asked,
                       download_option, force_option, options, parse_model_opts, reports_value_errors,
@@ -28,28 +30,30 @@ _run_folder = options(
 )
 
 _preset = options(
-    click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs [preset: 300]."),
+    click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs [default: the preset, table above]."),
     click.option("--max-steps", type=click.IntRange(1), default=None,
                  help="Stop after this many optimizer steps in total (a short run); the epoch in progress is then "
                       "evaluated and checkpointed."),
     click.option("--batch-size", type=click.IntRange(1), default=None,
-                 help="Batch per process [preset: 256, CelebA 64]; under torchrun the global batch is "
+                 help="Batch per process [default: the preset]; under torchrun the global batch is "
                       "processes x this."),
     click.option("--lr", type=click.FloatRange(0, min_open=True), default=None,
-                 help="Learning rate actually used [preset: the official lr x batch/250, e.g. MNIST 0.003072]."),
+                 help="Learning rate actually used [default: the preset, the official lr x batch/250]."),
     click.option("--bottleneck-lr-mult", type=click.FloatRange(0, min_open=True), default=None,
-                 help="ESVAE: learning rate of the bottleneck (prior) layer as a multiple of --lr [preset: 10]."),
-    click.option("--weight-decay", type=click.FloatRange(0), default=None, help="AdamW weight decay [preset: 0.001]."),
+                 help="ESVAE: learning rate of the bottleneck (prior) layer as a multiple of --lr [default: "
+                      "the preset, 10]."),
+    click.option("--weight-decay", type=click.FloatRange(0), default=None, help="AdamW weight decay [default: the preset]."),
     click.option("--latent-dim", type=click.IntRange(1), default=None,
-                 help="Latent size L [preset: 32 MNIST/Fashion-MNIST, 128 CIFAR-10/CelebA]."),
-    click.option("--T", "T", type=click.IntRange(1), default=None, help="Time steps [preset: 16]."),
+                 help="Latent size L [default: the preset]."),
+    click.option("--T", "T", type=click.IntRange(1), default=None, help="Time steps [default: the preset, 16]."),
     click.option("--lambda", "mmd_lambda", type=click.FloatRange(0), default=None,
-                 help="ESVAE: weight of the MMD term in the loss [preset: 0.001]."),
+                 help="ESVAE: weight of the MMD term in the loss [default: the preset, 0.001]."),
     click.option("--model-opt", "model_opts", multiple=True, callback=parse_model_opts, metavar="KEY=VALUE",
                  help="Other model-builder option, e.g. kernel_backend=torch, half_width=0.5, "
                       "hidden=4,4,8,8 (a list) or fuse_bn_lif=true; repeatable."),
     click.option("--drop-last/--keep-last", default=None,
-                 help="Drop the last incomplete training batch [preset: official, on for Fashion-MNIST, CIFAR-10]."),
+                 help="Drop the last incomplete training batch [default: the preset, the official loader's: on for "
+                      "Fashion-MNIST and CIFAR-10]."),
 )
 
 _evaluation = options(
@@ -85,7 +89,8 @@ _machinery = options(
 
 
 @main.command("train")
-@dataset_option("mnist, fashion, cifar10 or celeba.", default="mnist", choice=False)
+@dataset_option("mnist, fashion, cifar10, celeba, or mnist-mini (a small MNIST subset inside the package: "
+                "no data folder needed).", default="mnist", choice=False)
 @click.option("--model", default="esvae", show_default=True, help="esvae, fsvae or ann-vae.")
 @data_options()
 @download_option
@@ -131,6 +136,9 @@ def train_cmd(ctx, **opts):
     click.echo(f"continue it with: {resume_command(res['out'])} (add --epochs N to train longer)")
 
 
+train_cmd.help = inspect.cleandoc(train_cmd.help) + "\n\n\b\nPresets (the values of options not given):\n" + preset_table()
+
+
 def _resumed_options(opts: dict, given: set) -> dict:
     """The run's own options (train_config.json), with those given again on this command line on top."""
     base = _saved_options(opts["out"])
@@ -174,12 +182,18 @@ def _saved_options(out) -> dict:
 @device_option
 @force_option
 @reports_value_errors
-def sample_cmd(checkpoint, n, out, **kwargs):
+def sample_cmd(checkpoint, n, out, pretrained=None, **kwargs):
     """Generate n images from the prior of a trained model (learned, or an ESVAE's GMM rate prior)."""
     from ..inference import sample_to_file
-    res = sample_to_file(checkpoint, n, out, **kwargs)
+    res = sample_to_file(checkpoint, n, out, progress=True, **kwargs)
     click.echo(f"wrote {res['out']} ({res['n']} images of shape {res['shape'][1:]}, seed {kwargs['seed']}, "
                f"{res['prior']} prior)")
+    if pretrained:
+        from ..pretrained import get_entry
+        e = get_entry(pretrained)
+        if e.status == "preview":
+            click.echo(f"{pretrained} is a preview: {e.epochs_reached} of the paper's {e.epochs_total} epochs "
+                       "(`sjvae pretrained --json` says how it was trained and measured)")
 
 
 @main.command("reconstruct")

@@ -20,6 +20,7 @@ from typing import Callable, Optional
 import torch
 
 from ..atomic import sha256_file
+from ..runtime import progress_bar
 from .fad import compute_fad, load_fad_model
 from .fid import compute_fid, fid_reference_stats, load_fid_inception
 from .inception_score import compute_inception_score, load_is_inception
@@ -203,7 +204,7 @@ def _mse(run: _Run) -> dict:
     test = load_dataset(run.dataset, "test", root=run.sources.data_root, cache_dir=run.sources.cache_dir,
                         augment=False)
     r = reconstruction_mse(run.model, test, o.mse_batch or spec.mse_batch, run.generator(0), device=run.device,
-                           drop_last_reference=spec.drop_last, num=o.mse_num)
+                           drop_last_reference=spec.drop_last, num=o.mse_num, progress=run.progress)
     return {**r, "split": "test", "protocol": "per-image mean over the whole test set (mse); the reference's "
                                               "mean of batch means (mse_batch_mean)"}
 
@@ -212,7 +213,9 @@ def _sample_pool(run: _Run) -> None:
     """One pool of generated images for FID and FAD (run.pool)."""
     o = run.options
     run.log(f"sampling {o.num_samples} images in batches of {o.sample_batch} ({run.res['prior']} prior) ...")
-    run.pool = collect(run.samples(o.num_samples, o.sample_batch, 1))
+    batches = run.samples(o.num_samples, o.sample_batch, 1)
+    run.pool = collect(progress_bar(batches, total=math.ceil(o.num_samples / o.sample_batch), desc="sampling",
+                                    unit="batch", enabled=run.progress))
     run.res["num_generated"] = int(run.pool.shape[0])
 
 
@@ -238,8 +241,10 @@ def _fad(run: _Run) -> dict:
     fad = load_fad_model(run.dataset, src.fad_dir, src.cache_dir, checkpoint=src.fad_checkpoint, device=run.device)
     run.res["weights"]["fad_ae"] = fad.describe()
     run.log(f"FAD ({run.options.protocol}, {fad.source} autoencoder) ...")
-    return compute_fad(tensor_batches(run.pool, run.options.sample_batch), fad, run.options.protocol,
-                       root=src.data_root, cache_dir=src.cache_dir)
+    batches = tensor_batches(run.pool, run.options.sample_batch)
+    return compute_fad(progress_bar(batches, total=math.ceil(len(run.pool) / run.options.sample_batch),
+                                    desc="FAD features", unit="batch", enabled=run.progress),
+                       fad, run.options.protocol, root=src.data_root, cache_dir=src.cache_dir)
 
 
 def _inception_score(run: _Run) -> dict:
@@ -247,7 +252,8 @@ def _inception_score(run: _Run) -> dict:
     net, info = load_is_inception(run.sources.is_weights, run.device)
     run.res["weights"]["is_inception"] = info
     run.log(f"Inception Score ({o.protocol}) on {o.is_batches} x {o.is_batch} samples ...")
-    batches = run.samples(o.is_batch * o.is_batches, o.is_batch, 2)
+    batches = progress_bar(run.samples(o.is_batch * o.is_batches, o.is_batch, 2), total=o.is_batches,
+                           desc="IS samples", unit="batch", enabled=run.progress)
     r = compute_inception_score(batches, net, o.protocol, splits=o.is_batches if o.protocol == "reference" else 10,
                                 device=run.device)
     if not info["torchvision_imagenet"]:

@@ -26,6 +26,7 @@ from PIL import Image
 from .frechet import frechet_distance, gaussian_stats
 from ..data import resolve_cache_dir
 from ..atomic import sha256_file
+from ..runtime import progress_bar
 from .resources import MetricUnavailable, load_npz_cache, protocol_key, resolve_file, save_npz_atomic
 
 __all__ = ["FID_MODES", "INCEPTION_FILE", "to_pixels", "clean_resize", "fast_resize", "FIDInception",
@@ -111,10 +112,7 @@ def inception_features(batches, inception: FIDInception, mode: str = "clean", *,
         raise ValueError(f"unknown FID mode {mode!r}; choose one of {', '.join(FID_MODES)}")
     device = torch.device(device or next(iter(inception.net.parameters())).device)
     feats, have = [], 0
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=num, desc=f"FID features ({mode})", unit="img")
+    bar = progress_bar(total=num, desc=f"FID features ({mode})", unit="img", enabled=progress)
     for batch in batches:
         if num is not None:
             batch = batch[:num - have]
@@ -124,12 +122,10 @@ def inception_features(batches, inception: FIDInception, mode: str = "clean", *,
             x = x.to(device)
             feats.append(inception(x.expand(-1, 3, -1, -1)).double().cpu().numpy())
         have += batch.shape[0]
-        if bar is not None:
-            bar.update(batch.shape[0])
+        bar.update(batch.shape[0])
         if num is not None and have >= num:
             break
-    if bar is not None:
-        bar.close()
+    bar.close()
     if not feats:
         raise ValueError("no images reached the FID feature extractor")
     return np.concatenate(feats)
@@ -151,9 +147,10 @@ def fid_reference_stats(dataset: str, split: str, inception: FIDInception, mode:
     The cache file holds `mu`, `sigma`, `count` and `protocol` (JSON); its name carries a hash of the
     protocol (dataset, split, mode, count, data root, network checksum), and a file whose protocol
     differs is never reused. Returns {'mu', 'sigma', 'count', 'protocol', 'path', 'cached'}."""
-    from ..data import load_dataset, resolve_data_root
+    from ..data import EMBEDDED, load_dataset, resolve_data_root
     data = load_dataset(dataset, split, root=root, cache_dir=cache_dir, augment=False)
-    protocol = _stats_protocol(dataset, split, mode, num, inception, resolve_data_root(root), len(data))
+    source = EMBEDDED[dataset] if dataset in EMBEDDED else resolve_data_root(root)
+    protocol = _stats_protocol(dataset, split, mode, num, inception, source, len(data))
     path = resolve_cache_dir(cache_dir) / "fid_stats" / (
         f"{dataset}_{split}_{mode}_{protocol['num']}_{protocol_key(protocol)}.npz")
     z = load_npz_cache(path, json.loads(json.dumps(protocol)))

@@ -13,23 +13,25 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from ..runtime import eval_mode
+from ..runtime import eval_mode, progress_bar
 
 __all__ = ["reconstruction_mse"]
 
 
 @torch.no_grad()
 def reconstruction_mse(model, dataset, batch_size: int = 512, generator: torch.Generator | None = None, *,
-                       device=None, drop_last_reference: bool = False, num: int | None = None) -> dict:
+                       device=None, drop_last_reference: bool = False, num: int | None = None,
+                       progress: bool = False) -> dict:
     """MSE of `model`'s reconstructions of `dataset` (items `(image, label)` or image tensors).
 
-    batch_size: the reference uses 2 x the training batch (ESVAE: 512). `num` limits the images."""
+    batch_size: the reference uses 2 x the training batch (ESVAE: 512). `num` limits the images.
+    `progress`: a bar over the images."""
     device = device or next(model.parameters()).device
     if num is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(num, len(dataset))))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     total, count, batch_means, full_means = 0.0, 0, [], []
-    with eval_mode(model):
+    with eval_mode(model), progress_bar(total=len(dataset), desc="MSE", unit="img", enabled=progress) as bar:
         for item in loader:
             x = (item[0] if isinstance(item, (list, tuple)) else item).to(device)
             recon = model(x, generator=generator)[0]
@@ -39,6 +41,7 @@ def reconstruction_mse(model, dataset, batch_size: int = 512, generator: torch.G
             batch_means.append(per_image.mean().item())
             if per_image.numel() == batch_size:
                 full_means.append(batch_means[-1])
+            bar.update(per_image.numel())
     if count == 0:
         raise ValueError("the dataset is empty")
     ref = full_means if drop_last_reference else batch_means

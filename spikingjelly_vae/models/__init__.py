@@ -5,10 +5,12 @@ Names: ``esvae``, ``fsvae``, ``ann-vae`` (alias ``ann_vae``) build the classes (
 ``image_size`` in ``HIDDEN`` or a custom ``hidden``); ``esvae_large``, ``fsvae_large``, ``ann_vae_large``
 (aliases with ``-``) build them for 64x64 images (CelebA). A model's ``config["model"]`` is always the
 class name ``esvae`` / ``fsvae`` / ``ann-vae``, so checkpoints rebuild through the plain builders.
+Named weights (``hub.py``): ``create_model("esvae", pretrained="esvae-mnist-preview")``; ``weights_names()``.
 """
 from torch import nn
 
-from ..registry import MODELS, create_model, get_model_builder, model_names, register_model
+from ..registry import (MODELS, WEIGHTS, create_model, get_model_builder, get_weights, model_names,
+                        register_model, weights_names)
 from .ann_vae import ANNVAE
 from .esvae import ESVAE
 from .fsvae import FSVAE
@@ -65,6 +67,8 @@ def build_model(config: dict) -> nn.Module:
     return builder(**config)
 
 
+from . import hub  # noqa: E402,F401  (registers the named weights of the builders above)
+
 __all__ = ["ESVAE", "ESVAELarge", "FSVAE", "FSVAELarge", "ANNVAE", "ANNVAELarge", "MODELS", "build_model",
            "create_model", "esvae_large", "fsvae_large", "ann_vae_large", "get_model_builder", "model_names",
-           "register_model"]
+           "register_model", "WEIGHTS", "get_weights", "weights_names"]

@@ -27,7 +27,7 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
-from ..runtime import derived_seed, eval_mode, resolve_device
+from ..runtime import derived_seed, eval_mode, progress_bar, resolve_device
 from .config import TrainConfig
 from .distributed import all_sum, barrier, dist_setup, is_distributed, on_rank0
 from .outputs import grid_due, prepare_out, release_lock, write_epoch, write_grids
@@ -175,7 +175,8 @@ def _test_pass(run: Run, epoch: int, batch: int, boundary: dict) -> dict:
     control = run.control
     test_gen = torch.Generator(device=run.device).manual_seed(derived_seed(run.cfg.seed, epoch, run.rank, "test"))
     stop = (lambda seconds: control.due(seconds)) if run.world == 1 else None  # shards may differ in batches
-    test = evaluate_loader(run.model, run.loaders.test, run.device, test_gen, amp=run.cfg.amp, stop=stop)
+    test = evaluate_loader(run.model, run.loaders.test, run.device, test_gen, amp=run.cfg.amp, stop=stop,
+                           progress=run.is_main and run.cfg.progress)
     if test is None:
         _stop(run, epoch, batch, boundary)
     control.units += 1
@@ -241,6 +242,7 @@ def _train_epoch(run: Run, epoch: int, model_gen: torch.Generator, steps_bar=Non
     bar = steps_bar if steps_bar is not None else tqdm(total=len(loader), initial=progress.batch, leave=True,
                                                        desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show,
                                                        dynamic_ncols=True)
+    forecast = _forecast(run, epoch) if epoch == run.start_epoch else None
     while not run.steps_done():
         if control.due(control.spent / control.steps if control.steps else None, run.world):
             _stop(run, epoch, progress.batch, progress.entry(run.device, model_gen))
@@ -262,11 +264,25 @@ def _train_epoch(run: Run, epoch: int, model_gen: torch.Generator, steps_bar=Non
                 bar.set_description_str(f"step {run.step}/{bar.total} (epoch {epoch + 1})", refresh=False)
             bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
         bar.update(1)
+        if forecast is not None:
+            forecast.step()
         if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0:
             _save_resume(run, epoch, progress.batch, progress.entry(run.device, model_gen))
     if steps_bar is None:
         bar.close()
     return progress
+
+
+def _forecast(run: Run, epoch: int):
+    """A StepForecast for the first epoch of this call, reporting on rank 0 (with or without --progress)."""
+    from tqdm.auto import tqdm
+
+    from .forecast import StepForecast
+    steps = len(run.loaders.train)
+    total = run.cfg.epochs * steps if run.cfg.max_steps is None else min(run.cfg.max_steps, run.cfg.epochs * steps)
+    report = (lambda line: tqdm.write(line, file=sys.stderr)) if run.is_main else (lambda line: None)
+    return StepForecast(epoch=epoch + 1, epochs=None if total < run.cfg.epochs * steps else run.cfg.epochs,
+                        epoch_steps=steps, call_steps=max(0, total - run.step), report=report)
 
 
 def _step(run: Run, epoch: int, x, model_gen, progress: EpochProgress) -> float:
@@ -328,16 +344,19 @@ def autocast(device: torch.device, amp: str):
 
 
 @torch.no_grad()
-def evaluate_loader(model, loader, device, generator=None, *, amp: str = "off", stop=None) -> Optional[dict]:
+def evaluate_loader(model, loader, device, generator=None, *, amp: str = "off", stop=None,
+                    progress: bool = False) -> Optional[dict]:
     """Sums over a loader in eval mode: batch-size-weighted loss terms and per-image MSE.
 
     Returns `{"count": n, "<term>": sum_batches n_b * term_b, "mse": sum_i mean_pixels (x_hat_i - x_i)^2}`;
     divide by `count` for means (the reported test MSE is the per-image mean). `stop(seconds per batch so
     far, or None)` is asked before every batch; when it returns True the pass ends and None is returned.
+    `progress`: a bar over batches.
     """
     sums: dict = {}
     t0, done = time.time(), 0
-    with eval_mode(model):
+    bar = progress_bar(total=len(loader), desc="test", unit="batch", enabled=progress)
+    with eval_mode(model), bar:
         for x, _ in loader:
             if stop is not None and stop((time.time() - t0) / done if done else None):
                 return None
@@ -352,6 +371,7 @@ def evaluate_loader(model, loader, device, generator=None, *, amp: str = "off", 
                 sums[key] = sums.get(key, 0.0) + float(value) * n
             per_image = (out[0].double() - x.double()).pow(2).flatten(1).mean(1)
             sums["mse"] = sums.get("mse", 0.0) + per_image.sum().item()
+            bar.update(1)
     return sums
 
 
