@@ -28,11 +28,11 @@ import shutil
 import tarfile
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
@@ -165,34 +165,32 @@ def _mnist_like(name, split, root, tf):
                          f"({type(err).__name__}: {err}); replace them with the original idx files") from None
 
 
-class ImageFileDataset(Dataset):
-    """Images from a list of `(path, label)`; RGB; `transform` applied to the PIL image."""
-
-    def __init__(self, samples, transform=None):
-        self.samples = list(samples)
-        self.transform = transform
-
-    def __len__(self):
-        return len(self.samples)
-
-    def __getitem__(self, i):
-        path, label = self.samples[i]
-        with Image.open(path) as im:
-            img = im.convert("RGB")
-        return (self.transform(img) if self.transform else img), label
+def _is_image(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES
 
 
-def _class_folder_samples(split_dir: Path):
-    """`(path, label)` for `split_dir/<class>/*.jpg`, labels = index of the class in CIFAR10_CLASSES."""
+def _image_folder(split_dir: Path, tf) -> datasets.ImageFolder:
+    """torchvision's ImageFolder on `split_dir/<class>/*.jpg`, which must hold exactly the CIFAR-10 classes
+    (so labels are their indices in CIFAR10_CLASSES)."""
     classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
     if tuple(classes) != CIFAR10_CLASSES:
         raise ValueError(f"CIFAR-10 image folder {str(split_dir)!r} must hold the 10 class folders "
                          f"{', '.join(CIFAR10_CLASSES)}; found {classes or 'none'}")
-    samples = [(str(f), label) for label, c in enumerate(classes)
-               for f in sorted((split_dir / c).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
-    if not samples:
-        raise ValueError(f"CIFAR-10 image folder {str(split_dir)!r} holds no images")
-    return samples
+    try:
+        return datasets.ImageFolder(str(split_dir), tf, is_valid_file=_is_image)
+    except FileNotFoundError as err:  # a class folder without images
+        raise ValueError(f"CIFAR-10 image folder {str(split_dir)!r} is incomplete: {err}") from None
+
+
+class _OneFolder(datasets.ImageFolder):
+    """torchvision's ImageFolder over the images of one folder, all of class 0; `keep(path)` picks them."""
+
+    def __init__(self, folder: Path, transform, keep):
+        self.folder_name = folder.name
+        super().__init__(str(folder.parent), transform, is_valid_file=keep)
+
+    def find_classes(self, directory):
+        return [self.folder_name], {self.folder_name: 0}
 
 
 def _cifar10(split, root, cache_dir, tf):
@@ -200,7 +198,7 @@ def _cifar10(split, root, cache_dir, tf):
         return datasets.CIFAR10(str(root), train=split == "train", transform=tf, download=False)
     for tree in (root / "CIFAR-10-images", root / "cifar10"):
         if (tree / split).is_dir():
-            return ImageFileDataset(_class_folder_samples(tree / split), tf)
+            return _image_folder(tree / split, tf)
     tarball = next((p for p in (root / CIFAR10_TARBALL, root / "cifar10_jpeg_q75" / CIFAR10_TARBALL)
                     if p.is_file()), None)
     if tarball is None:
@@ -209,7 +207,7 @@ def _cifar10(split, root, cache_dir, tf):
             f"CIFAR-10-images/{split}/, cifar10/{split}/, {CIFAR10_TARBALL} and "
             f"cifar10_jpeg_q75/{CIFAR10_TARBALL}{DOWNLOAD_HINT}")
     tree = extract_tarball_once(tarball, resolve_cache_dir(cache_dir) / "cifar10", forbidden=root)
-    return ImageFileDataset(_class_folder_samples(tree / "CIFAR-10-images" / split), tf)
+    return _image_folder(tree / "CIFAR-10-images" / split, tf)
 
 
 def extract_tarball_once(tarball: Path, dest: Path, forbidden: Path | None = None) -> Path:
@@ -258,27 +256,38 @@ def _tarball_sha256(tarball: Path, record: Path) -> str:
 
 
 def _extract_checked(tarball: Path, into: Path) -> None:
-    """Extract all plain files and folders of `tarball` into `into`; ValueError if it is corrupt or unsafe."""
+    """Extract `tarball` into `into` with tarfile's "data" filter (no absolute names, no escapes, no device
+    files, no setuid bits); ValueError if it is corrupt or unsafe. Pythons without the filter get the hand
+    checks: plain files and folders with relative names only."""
     import gzip
     import zlib
     try:
         with tarfile.open(tarball) as tf:
             members = tf.getmembers()
-            for m in members:  # plain files and folders with relative names only
-                parts = Path(m.name).parts
-                if not (m.isfile() or m.isdir()) or Path(m.name).is_absolute() or ".." in parts:
-                    raise ValueError(f"refusing to extract {str(tarball)!r}: unsafe member {m.name!r}")
-            tf.extractall(into, members=members, filter="fully_trusted")
+            if hasattr(tarfile, "data_filter"):
+                tf.extractall(into, members=members, filter="data")
+            else:  # Python < 3.10.12 / 3.11.4
+                _check_members(tarball, members)
+                tf.extractall(into, members=members)
             while tf.fileobj.read(1 << 20):  # to the end: the gzip CRC and length are checked there
                 pass
+    except getattr(tarfile, "FilterError", ()) as err:
+        raise ValueError(f"refusing to extract {str(tarball)!r}: {err}") from None
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
         raise ValueError(f"{str(tarball)!r} is corrupt or truncated ({type(err).__name__}: {err}); "
                          "download it again") from None
     files = sum(1 for m in members if m.isfile())
-    on_disk = sum(1 for f in into.rglob("*") if f.is_file())
+    on_disk = sum(1 for f in into.rglob("*") if f.is_file() and not f.is_symlink())
     if not files or on_disk != files:
         raise ValueError(f"{str(tarball)!r} is corrupt or incomplete: {on_disk} files extracted of {files} "
                          "members; download it again")
+
+
+def _check_members(tarball: Path, members) -> None:
+    for m in members:
+        parts = Path(m.name).parts
+        if not (m.isfile() or m.isdir()) or Path(m.name).is_absolute() or ".." in parts:
+            raise ValueError(f"refusing to extract {str(tarball)!r}: unsafe member {m.name!r}")
 
 
 class _NoLabel(Dataset):
@@ -307,13 +316,17 @@ def _celeba(split, root, tf):
     if folder is None:
         raise ValueError(f"CelebA not found under data root {str(root)!r}: looked for "
                          + ", ".join(str(f.relative_to(root)) + "/" for f in folders) + DOWNLOAD_HINT)
-    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-    picked = [f for f in files if split == "all" or _celeba_split(f.stem) == split]
-    if not picked:
-        raise ValueError(f"no CelebA {split} images in {str(folder)!r} ({len(files)} images in all; "
+    try:
+        return _OneFolder(folder, tf, partial(_celeba_pick, split))
+    except FileNotFoundError:
+        images = sum(1 for f in folder.iterdir() if _is_image(f.name))
+        raise ValueError(f"no CelebA {split} images in {str(folder)!r} ({images} images in all; "
                          "files named by CelebA id are split by the official partition); "
-                         "use split 'all' or another split")
-    return ImageFileDataset([(str(f), 0) for f in picked], tf)
+                         "use split 'all' or another split") from None
+
+
+def _celeba_pick(split: str, path: str) -> bool:
+    return _is_image(path) and (split == "all" or _celeba_split(Path(path).stem) == split)
 
 
 def _celeba_split(stem: str) -> str:
