@@ -37,7 +37,7 @@ from pathlib import Path
 from torchvision import datasets
 from torchvision.datasets import utils as tvu
 
-from .data import DATASETS
+from .dataspec import DATASETS
 
 __all__ = ["DownloadError", "download_dataset"]
 
