@@ -1,6 +1,6 @@
 """Datasets: MNIST, Fashion-MNIST, CIFAR-10 and CelebA as `(image in [-1, 1], label)` pairs.
 
-Preprocessing follows the official code (reference_spec.md section 5): images go through
+Preprocessing follows the official code (ESVAE paper Sec. IV-A): images go through
 `ToTensor()` and then `x -> 2x - 1`; MNIST and Fashion-MNIST are resized to 32x32; CelebA is
 `CenterCrop(148)` then resized to 64x64; training sets of CIFAR-10 and CelebA get a random
 horizontal flip.

@@ -1,6 +1,6 @@
 """FSVAE (Kamata et al., AAAI 2022): a fully spiking VAE with autoregressive Bernoulli latents.
 
-Same spiking backbone as ESVAE (reference_spec 2). The latent (reference_spec 4), k = 20, L = latent_dim:
+Same spiking backbone as ESVAE (ESVAE paper Sec. IV-B). The latent (FSVAE paper, Sec. 3), k = 20, L = latent_dim:
 posterior  q(z_t | x_<=t, z_<t): MLP 2L -> 2L -> 4L -> kL on concat(x_e[t], z_{t-1}) (z_{-1} = 0);
            z_t = one of the k output spikes of unit l, picked uniformly at random (gradient through it)
 prior      p(z_t | z_<t): MLP L -> 2L -> 4L -> kL on z_{t-1} (detached; scheduled sampling in training)
