@@ -12,6 +12,7 @@ from ..registry import MODELS, create_model, get_model_builder, model_names, reg
 from .ann_vae import ANNVAE
 from .esvae import ESVAE
 from .fsvae import FSVAE
+from .interface import ANNVAEOutput, ESVAEOutput, FSVAEOutput, SpikingVAE
 
 LARGE_IMAGE_SIZE = 64
 LEGACY_KEYS = {"backend": "kernel_backend"}  # config keys of checkpoints written before the rename
@@ -65,6 +66,6 @@ def build_model(config: dict) -> nn.Module:
     return builder(**config)
 
 
-__all__ = ["ESVAE", "ESVAELarge", "FSVAE", "FSVAELarge", "ANNVAE", "ANNVAELarge", "MODELS", "build_model",
+__all__ = ["SpikingVAE", "ESVAEOutput", "FSVAEOutput", "ANNVAEOutput", "ESVAE", "ESVAELarge", "FSVAE", "FSVAELarge", "ANNVAE", "ANNVAELarge", "MODELS", "build_model",
            "create_model", "esvae_large", "fsvae_large", "ann_vae_large", "get_model_builder", "model_names",
            "register_model"]
