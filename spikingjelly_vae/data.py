@@ -1,6 +1,6 @@
 """Datasets: MNIST, Fashion-MNIST, CIFAR-10 and CelebA as `(image in [-1, 1], label)` pairs.
 
-Preprocessing follows the official code (reference_spec.md section 5): images go through
+Preprocessing follows the official code (ESVAE paper Sec. IV-A): images go through
 `ToTensor()` and then `x -> 2x - 1`; MNIST and Fashion-MNIST are resized to 32x32; CelebA is
 `CenterCrop(148)` then resized to 64x64; training sets of CIFAR-10 and CelebA get a random
 horizontal flip.
@@ -31,68 +31,25 @@ import shutil
 import tarfile
 import tempfile
 import warnings
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Optional
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
+from .dataspec import DATASETS, EMBEDDED, DatasetSpec, dataset_info, dataset_spec
+
 __all__ = ["DATASETS", "DatasetSpec", "dataset_spec", "dataset_info", "load_dataset", "resolve_data_root",
            "resolve_cache_dir", "to_unit_range", "to_signed_range"]
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    """Everything the package knows about one dataset (the one table the rest reads)."""
-
-    name: str
-    label: str                 # as printed in the paper's Table I
-    in_channels: int
-    image_size: int
-    num_classes: int           # 0: unlabelled
-    flip: bool                 # random horizontal flip on the training split (official)
-    splits: tuple              # splits load_dataset accepts
-    fid_split: str             # split of the FID reference statistics (as the reference)
-    fad_latent: int            # latent size of the official FAD feature autoencoder
-    drop_last: bool            # the official train loader's drop_last (also the reference MSE batching)
-    test_size: int             # images in the full test split
-    mse_batch: int             # ESVAE's test batch (2 x its training batch)
-    crop: Optional[int] = None  # CenterCrop before resizing (CelebA: 148)
-    resize: bool = True        # resize to image_size x image_size
-
-
-_TRAIN_TEST = ("train", "test")
-DATASETS = {spec.name: spec for spec in (
-    DatasetSpec("mnist", "MNIST", 1, 32, 10, False, _TRAIN_TEST, "test", 64, False, 10000, 512),
-    DatasetSpec("mnist-mini", "MNIST (embedded subset)", 1, 32, 10, False, _TRAIN_TEST, "test", 64, False, 2000,
-                512),
-    DatasetSpec("fashion", "Fashion MNIST", 1, 32, 10, False, _TRAIN_TEST, "test", 64, True, 10000, 512),
-    DatasetSpec("cifar10", "CIFAR10", 3, 32, 10, True, _TRAIN_TEST, "test", 128, True, 10000, 512, resize=False),
-    DatasetSpec("celeba", "CelebA", 3, 64, 0, True, ("train", "valid", "test", "all"), "valid", 128, False, 19962,
-                128, crop=148),
-)}
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_TARBALL = "CIFAR-10-images.tar.gz"
 CELEBA_TRAIN_LAST, CELEBA_VALID_LAST = 162770, 182637  # official list_eval_partition boundaries
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 DOWNLOAD_HINT = ", or add --download to fetch it there (docs/download.md)"
-EMBEDDED = {"mnist-mini": Path(__file__).resolve().parent / "embedded" / "mnist_mini.npz"}  # shipped data
-
-
-def dataset_spec(name: str) -> DatasetSpec:
-    """The DatasetSpec of a dataset name; ValueError naming the known ones otherwise."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    return DATASETS[name]
-
-
-def dataset_info(name: str) -> dict:
-    """`in_channels`, `image_size`, `num_classes` (0: unlabelled) of a dataset name."""
-    spec = dataset_spec(name)
-    return {"in_channels": spec.in_channels, "image_size": spec.image_size, "num_classes": spec.num_classes}
 
 
 def resolve_data_root(root=None) -> Path:
@@ -227,34 +184,32 @@ def _embedded(name, split, tf):
     return ArrayImageDataset(images, labels, tf)
 
 
-class ImageFileDataset(Dataset):
-    """Images from a list of `(path, label)`; RGB; `transform` applied to the PIL image."""
-
-    def __init__(self, samples, transform=None):
-        self.samples = list(samples)
-        self.transform = transform
-
-    def __len__(self):
-        return len(self.samples)
-
-    def __getitem__(self, i):
-        path, label = self.samples[i]
-        with Image.open(path) as im:
-            img = im.convert("RGB")
-        return (self.transform(img) if self.transform else img), label
+def _is_image(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES
 
 
-def _class_folder_samples(split_dir: Path):
-    """`(path, label)` for `split_dir/<class>/*.jpg`, labels = index of the class in CIFAR10_CLASSES."""
+def _image_folder(split_dir: Path, tf) -> datasets.ImageFolder:
+    """torchvision's ImageFolder on `split_dir/<class>/*.jpg`, which must hold exactly the CIFAR-10 classes
+    (so labels are their indices in CIFAR10_CLASSES)."""
     classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
     if tuple(classes) != CIFAR10_CLASSES:
         raise ValueError(f"CIFAR-10 image folder {str(split_dir)!r} must hold the 10 class folders "
                          f"{', '.join(CIFAR10_CLASSES)}; found {classes or 'none'}")
-    samples = [(str(f), label) for label, c in enumerate(classes)
-               for f in sorted((split_dir / c).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
-    if not samples:
-        raise ValueError(f"CIFAR-10 image folder {str(split_dir)!r} holds no images")
-    return samples
+    try:
+        return datasets.ImageFolder(str(split_dir), tf, is_valid_file=_is_image)
+    except FileNotFoundError as err:  # a class folder without images
+        raise ValueError(f"CIFAR-10 image folder {str(split_dir)!r} is incomplete: {err}") from None
+
+
+class _OneFolder(datasets.ImageFolder):
+    """torchvision's ImageFolder over the images of one folder, all of class 0; `keep(path)` picks them."""
+
+    def __init__(self, folder: Path, transform, keep):
+        self.folder_name = folder.name
+        super().__init__(str(folder.parent), transform, is_valid_file=keep)
+
+    def find_classes(self, directory):
+        return [self.folder_name], {self.folder_name: 0}
 
 
 def _cifar10(split, root, cache_dir, tf):
@@ -262,7 +217,7 @@ def _cifar10(split, root, cache_dir, tf):
         return datasets.CIFAR10(str(root), train=split == "train", transform=tf, download=False)
     for tree in (root / "CIFAR-10-images", root / "cifar10"):
         if (tree / split).is_dir():
-            return ImageFileDataset(_class_folder_samples(tree / split), tf)
+            return _image_folder(tree / split, tf)
     tarball = next((p for p in (root / CIFAR10_TARBALL, root / "cifar10_jpeg_q75" / CIFAR10_TARBALL)
                     if p.is_file()), None)
     if tarball is None:
@@ -271,7 +226,7 @@ def _cifar10(split, root, cache_dir, tf):
             f"CIFAR-10-images/{split}/, cifar10/{split}/, {CIFAR10_TARBALL} and "
             f"cifar10_jpeg_q75/{CIFAR10_TARBALL}{DOWNLOAD_HINT}")
     tree = extract_tarball_once(tarball, resolve_cache_dir(cache_dir) / "cifar10", forbidden=root)
-    return ImageFileDataset(_class_folder_samples(tree / "CIFAR-10-images" / split), tf)
+    return _image_folder(tree / "CIFAR-10-images" / split, tf)
 
 
 def extract_tarball_once(tarball: Path, dest: Path, forbidden: Path | None = None) -> Path:
@@ -339,27 +294,38 @@ def _tarball_sha256(tarball: Path, record: Path) -> str:
 
 
 def _extract_checked(tarball: Path, into: Path) -> None:
-    """Extract all plain files and folders of `tarball` into `into`; ValueError if it is corrupt or unsafe."""
+    """Extract `tarball` into `into` with tarfile's "data" filter (no absolute names, no escapes, no device
+    files, no setuid bits); ValueError if it is corrupt or unsafe. Pythons without the filter get the hand
+    checks: plain files and folders with relative names only."""
     import gzip
     import zlib
     try:
         with tarfile.open(tarball) as tf:
             members = tf.getmembers()
-            for m in members:  # plain files and folders with relative names only
-                parts = Path(m.name).parts
-                if not (m.isfile() or m.isdir()) or Path(m.name).is_absolute() or ".." in parts:
-                    raise ValueError(f"refusing to extract {str(tarball)!r}: unsafe member {m.name!r}")
-            tf.extractall(into, members=members, filter="fully_trusted")
+            if hasattr(tarfile, "data_filter"):
+                tf.extractall(into, members=members, filter="data")
+            else:  # Python < 3.10.12 / 3.11.4
+                _check_members(tarball, members)
+                tf.extractall(into, members=members)
             while tf.fileobj.read(1 << 20):  # to the end: the gzip CRC and length are checked there
                 pass
+    except getattr(tarfile, "FilterError", ()) as err:
+        raise ValueError(f"refusing to extract {str(tarball)!r}: {err}") from None
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
         raise ValueError(f"{str(tarball)!r} is corrupt or truncated ({type(err).__name__}: {err}); "
                          "download it again") from None
     files = sum(1 for m in members if m.isfile())
-    on_disk = sum(1 for f in into.rglob("*") if f.is_file())
+    on_disk = sum(1 for f in into.rglob("*") if f.is_file() and not f.is_symlink())
     if not files or on_disk != files:
         raise ValueError(f"{str(tarball)!r} is corrupt or incomplete: {on_disk} files extracted of {files} "
                          "members; download it again")
+
+
+def _check_members(tarball: Path, members) -> None:
+    for m in members:
+        parts = Path(m.name).parts
+        if not (m.isfile() or m.isdir()) or Path(m.name).is_absolute() or ".." in parts:
+            raise ValueError(f"refusing to extract {str(tarball)!r}: unsafe member {m.name!r}")
 
 
 class _NoLabel(Dataset):
@@ -388,13 +354,17 @@ def _celeba(split, root, tf):
     if folder is None:
         raise ValueError(f"CelebA not found under data root {str(root)!r}: looked for "
                          + ", ".join(str(f.relative_to(root)) + "/" for f in folders) + DOWNLOAD_HINT)
-    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-    picked = [f for f in files if split == "all" or _celeba_split(f.stem) == split]
-    if not picked:
-        raise ValueError(f"no CelebA {split} images in {str(folder)!r} ({len(files)} images in all; "
+    try:
+        return _OneFolder(folder, tf, partial(_celeba_pick, split))
+    except FileNotFoundError:
+        images = sum(1 for f in folder.iterdir() if _is_image(f.name))
+        raise ValueError(f"no CelebA {split} images in {str(folder)!r} ({images} images in all; "
                          "files named by CelebA id are split by the official partition); "
-                         "use split 'all' or another split")
-    return ImageFileDataset([(str(f), 0) for f in picked], tf)
+                         "use split 'all' or another split") from None
+
+
+def _celeba_pick(split: str, path: str) -> bool:
+    return _is_image(path) and (split == "all" or _celeba_split(Path(path).stem) == split)
 
 
 def _celeba_split(stem: str) -> str:

@@ -8,7 +8,8 @@ before it returns. A dataset data.py can already read is reused and nothing is f
 
 URLs, mirrors and md5s are torchvision's (`datasets.MNIST.mirrors/resources`, `datasets.CIFAR10.url/
 tgz_md5`, `datasets.CelebA.file_list`); files are fetched with torchvision's `download_url` (redirects,
-https->http retry, md5 check), CelebA with gdown (Google Drive), and archives unpacked with
+https->http retry, md5 check) under a socket timeout, with a bounded retry of stalled or failed
+connections; CelebA with gdown (Google Drive), and archives unpacked with
 torchvision's `extract_archive`. Everything is fetched and unpacked inside the working folder, checked
 (md5, idx sizes), and only then renamed into place, so an interrupted or corrupt download never leaves
 a tree that looks complete. A file already in place that fails its check is never deleted or
@@ -21,9 +22,11 @@ from __future__ import annotations
 import http.client
 import os
 import shutil
+import socket
 import struct
 import tarfile
 import tempfile
+import time
 import urllib.error
 import zipfile
 import zlib
@@ -34,13 +37,16 @@ from pathlib import Path
 from torchvision import datasets
 from torchvision.datasets import utils as tvu
 
-from .data import DATASETS, EMBEDDED
+from .dataspec import DATASETS, EMBEDDED
 
 __all__ = ["DownloadError", "download_dataset"]
 
 WORK_PREFIX = ".sjvae-download-"
 CELEBA_PAGE = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
 _IDX_ITEM_BYTES = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}  # idx type code -> bytes
+TIMEOUT_S = 30.0  # a connection or read that stalls this long fails (a server that accepts and never answers)
+TRIES = 3  # attempts per URL after a timeout or network failure
+RETRY_WAIT_S = 2.0  # pause before the second attempt, doubled before each further one
 _UNPACK_ERRORS = (OSError, EOFError, zlib.error, tarfile.TarError, zipfile.BadZipFile)
 
 
@@ -121,32 +127,65 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(reason).split()) or type(e).__name__
 
 
-def _fetch(urls, work: Path, filename: str, md5: str, *, what: str, expect: str, hand: Path, log) -> Path:
-    """`work/filename` downloaded from the first of `urls` that gives the file with torchvision's md5."""
-    problems = []  # (kind, detail): kind is network, http or corrupt
-    for url in urls:
-        log(f"downloading {url}")
-        try:
+@contextmanager
+def _socket_timeout(seconds: float):
+    """urllib (and so torchvision's download_url) has no timeout of its own: set the socket default."""
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _attempt(url: str, work: Path, filename: str, md5: str):
+    """One torchvision ``download_url`` of `url`: None on success, else (kind, detail); a partial file is
+    removed. Kinds: timeout, network and server (HTTP 5xx) are retried; http and corrupt (md5) are not."""
+    try:
+        with _socket_timeout(TIMEOUT_S):
             tvu.download_url(url, str(work), filename, md5)
-            return work / filename
-        except urllib.error.HTTPError as e:
-            problems.append(("http", f"HTTP {e.code} from {url}"))
-        except RecursionError:
-            problems.append(("http", f"too many redirects from {url}"))
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-            problems.append(("network", _one_line(e)))
-        except RuntimeError:  # download_url's md5 check failed after a complete transfer
-            problems.append(("corrupt", url))
-        (work / filename).unlink(missing_ok=True)
+        return None
+    except urllib.error.HTTPError as e:
+        problem = ("server" if e.code >= 500 else "http", f"HTTP {e.code} from {url}")
+    except RecursionError:
+        problem = ("http", f"too many redirects from {url}")
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        stalled = isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError)
+        problem = ("timeout", f"{url} did not answer within {TIMEOUT_S:g} s") if stalled else \
+            ("network", _one_line(e))
+    except RuntimeError:  # download_url's md5 check failed after a complete transfer
+        problem = ("corrupt", url)
+    (work / filename).unlink(missing_ok=True)
+    return problem
+
+
+def _fetch(urls, work: Path, filename: str, md5: str, *, what: str, expect: str, hand: Path, log) -> Path:
+    """`work/filename` downloaded from the first of `urls` that gives the file with torchvision's md5; a
+    URL that times out or fails on the network or server side is tried ``TRIES`` times, ``RETRY_WAIT_S`` apart (doubling)."""
+    problems = []
+    for url in urls:
+        for attempt in range(TRIES):
+            if attempt:
+                time.sleep(RETRY_WAIT_S * 2 ** (attempt - 1))
+            log(f"downloading {url}" + (f" (try {attempt + 1} of {TRIES})" if attempt else ""))
+            problem = _attempt(url, work, filename, md5)
+            if problem is None:
+                return work / filename
+            if problem[0] not in ("timeout", "network", "server"):
+                break
+        problems.append(problem)
     kinds = {kind for kind, _ in problems}
     detail = {kind: d for kind, d in reversed(problems)}  # first detail of each kind
     if "corrupt" in kinds:
         raise DownloadError(f"{filename} from {detail['corrupt']} does not match torchvision's md5 {md5} "
                             f"(corrupt or truncated transfer) and was not kept; run again, or download it "
                             f"by hand and put it at {hand}")
+    by_hand = f"put {expect} under a folder and pass that folder as --data-root (or set SJVAE_DATA)"
     if kinds == {"network"}:
-        raise DownloadError(f"cannot download {what}: no network ({detail['network']}); put {expect} "
-                            f"under a folder and pass that folder as --data-root (or set SJVAE_DATA)")
+        raise DownloadError(f"cannot download {what}: no network ({detail['network']}); {by_hand}")
+    if kinds == {"timeout"}:
+        raise DownloadError(f"cannot download {what}: {detail['timeout']} ({TRIES} tries); run again later, "
+                            f"or {by_hand}")
     raise DownloadError(f"cannot download {what}: {'; '.join(d for _, d in problems)}; download {filename} "
                         f"by hand and put it at {hand}, or pass --data-root to a folder holding {expect}")
 
@@ -279,7 +318,7 @@ def _celeba(root: Path, log) -> None:
     try:
         import gdown  # noqa: F401
     except ImportError:
-        raise DownloadError(f"downloading CelebA needs the gdown package (pip install gdown); "
+        raise DownloadError(f"downloading CelebA needs the gdown package (pip install 'spikingjelly-vae[celeba]'); "
                             f"or {_celeba_by_hand(root)}") from None
     dest = root / "celeba"
     files = sorted(datasets.CelebA.file_list, key=lambda f: f[2].endswith(".zip"))  # small files first

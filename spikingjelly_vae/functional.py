@@ -79,7 +79,7 @@ def psp(x_seq: torch.Tensor, decay: float = 0.5) -> torch.Tensor:
 
 
 def psp_distance(q_bar: torch.Tensor, p_bar: torch.Tensor) -> torch.Tensor:
-    """FSVAE's "MMD" (reference_spec 4): mean over (T, N, L) of (PSP(q_bar) - PSP(p_bar))^2, PSP over dim 0."""
+    """FSVAE's "MMD" (FSVAE paper, its MMD loss): mean over (T, N, L) of (PSP(q_bar) - PSP(p_bar))^2, PSP over dim 0."""
     return ((psp(q_bar) - psp(p_bar)) ** 2).mean()
 
 

@@ -27,16 +27,17 @@ def unfold(x: torch.Tensor, T: int) -> torch.Tensor:
     return x.unflatten(0, (T, x.shape[0] // T))
 
 
-class ThresholdDependentBatchNorm(nn.modules.batchnorm._BatchNorm):
+class ThresholdDependentBatchNorm(nn.BatchNorm1d):
     """tdBN (Zheng et al. 2021) as the reference code has it.
 
     Statistics per channel over (T, N[, H, W]); y = weight * alpha * v_th * (x - mean) / sqrt(var + eps) + bias.
     alpha * v_th is a fixed multiplier (not folded into the weight's initial value as SpikingJelly does);
-    weight starts at 1, bias at 0. Inputs ``[T, N, C]`` or ``[T, N, C, H, W]``.
+    weight starts at 1, bias at 0. Inputs ``[T, N, C]`` or ``[T, N, C, H, W]``. ``momentum=None`` keeps a
+    cumulative average of the batch statistics, as torch's BatchNorm does.
     """
 
     def __init__(self, num_features: int, alpha: float = 1.0, v_threshold: float = 0.2, eps: float = 1e-5,
-                 momentum: float = 0.1):
+                 momentum: Optional[float] = 0.1):
         super().__init__(num_features, eps=eps, momentum=momentum, affine=True, track_running_stats=True)
         self.alpha, self.v_threshold = float(alpha), float(v_threshold)
 
@@ -49,18 +50,21 @@ class ThresholdDependentBatchNorm(nn.modules.batchnorm._BatchNorm):
         """The fixed multiplier alpha * v_th of the weight."""
         return self.alpha * self.v_threshold
 
-    def check_and_count(self, x_seq: torch.Tensor) -> None:
-        """Check the input's shape; in training mode count the batch (``num_batches_tracked``)."""
+    def check_and_count(self, x_seq: torch.Tensor) -> float:
+        """Check the input's shape; in training mode count the batch (``num_batches_tracked``). Returns the
+        running statistics' update factor: ``momentum``, or 1 / batches counted when momentum is None."""
         self._check_input_dim(x_seq)
         if x_seq.shape[2] != self.num_features:
             raise ValueError(f"tdBN expects {self.num_features} channels at dim 2, got {tuple(x_seq.shape)}")
-        if self.training:
-            self.num_batches_tracked.add_(1)
+        if not self.training:
+            return 0.0 if self.momentum is None else self.momentum
+        self.num_batches_tracked.add_(1)
+        return 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        self.check_and_count(x_seq)
+        factor = self.check_and_count(x_seq)
         y = F.batch_norm(fold(x_seq), self.running_mean, self.running_var, self.weight * self.scale, self.bias,
-                         self.training, self.momentum, self.eps)
+                         self.training, factor, self.eps)
         return unfold(y, x_seq.shape[0])
 
     def extra_repr(self) -> str:
@@ -119,18 +123,18 @@ class _TemporalBlock(nn.Module):
 
     def _fused(self) -> bool:
         """Whether forward takes the fused tdBN + LIF path (opted in, and a block it covers exactly)."""
-        return (self.fuse_bn_lif and type(self.bn) is ThresholdDependentBatchNorm and self.bn.momentum is not None
+        return (self.fuse_bn_lif and type(self.bn) is ThresholdDependentBatchNorm
                 and type(self.lif) is PaperLIFNode and self.lif.step_mode == "m" and not self.lif.store_v_seq)
 
     def _bn_lif(self, y: torch.Tensor) -> torch.Tensor:
         """``self.lif(self.bn(y))`` as one kernels.tdbn_lif call; the membrane stays in ``self.lif.v`` as
         PaperLIFNode.multi_step_forward leaves it."""
         bn, lif = self.bn, self.lif
-        bn.check_and_count(y)
+        factor = bn.check_and_count(y)
         sg = lif.surrogate_function
         spikes, lif.v = kernels.tdbn_lif(
             y, bn.weight, bn.bias, running_mean=bn.running_mean, running_var=bn.running_var, training=bn.training,
-            momentum=bn.momentum, eps=bn.eps, scale=bn.scale, decay=lif.decay, v_threshold=lif.v_threshold,
+            momentum=factor, eps=bn.eps, scale=bn.scale, decay=lif.decay, v_threshold=lif.v_threshold,
             v_reset=lif.v_reset, centre=sg.centre, half_width=sg.half_width, v_init=lif._v_init(y[0]),
             backend=lif.kernel_backend, return_v=True)
         return spikes

@@ -44,10 +44,11 @@ class PaperLIFNode(neuron.LIFNode):
 
     def _v_init(self, like: torch.Tensor) -> Optional[torch.Tensor]:
         """The membrane before the first step: None for the reset value, else a tensor shaped like ``like``
-        (a float state, or a tensor of another shape, becomes a full tensor of that value / of 0)."""
+        (a float state becomes a full tensor of that value; a tensor of another shape, left from another batch
+        size, is discarded: the neuron starts from v_reset as a reset one)."""
         v = self.v
         if isinstance(v, torch.Tensor):
-            return v if v.shape == like.shape else torch.zeros_like(like)
+            return v if v.shape == like.shape else None
         return None if float(v) == self.v_reset else torch.full_like(like, float(v))
 
     def _run(self, x_seq: torch.Tensor, return_h: bool):

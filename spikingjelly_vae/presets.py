@@ -1,10 +1,10 @@
-"""Per-(model, dataset) training hyper-parameters: the "reference" preset of DESIGN.md.
+"""Per-(model, dataset) training hyper-parameters: the official settings of the ESVAE and FSVAE papers' code.
 
-ESVAE rows are the official configs (reference_spec.md section 6.2): the effective learning rate is
+ESVAE rows are the official configs: the effective learning rate is
 the YAML lr scaled by batch / 250 (as the official code does before building AdamW), the bottleneck
 (prior layer) trains at 10x that lr, AdamW weight decay 0.001, 300 epochs, no scheduler, T = 16,
 lambda = 0.001; latent 32 for MNIST / Fashion-MNIST and 128 for CIFAR-10 / CelebA. `drop_last` is the
-official train loader's (`data.DatasetSpec.drop_last`: True for Fashion-MNIST and CIFAR-10 only).
+official train loader's (`dataspec.DatasetSpec.drop_last`: True for Fashion-MNIST and CIFAR-10 only).
 
 A row holds the training keys of `train.TrainConfig` (`batch_size`, `lr`, `epochs`, `weight_decay`,
 `drop_last`, and optionally `bottleneck_lr_mult`, which is passed to `model.param_groups`) and
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 
-from .data import DATASETS
+from .dataspec import DATASETS
 
 __all__ = ["PRESETS", "TRAIN_KEYS", "get_preset", "register_preset", "effective_lr", "preset_table"]
 

@@ -30,8 +30,7 @@ import torchvision
 from torchvision import datasets, transforms
 
 from .atomic import atomic_write
-from .data import (DATASETS, ImageFileDataset, load_dataset, resolve_cache_dir, resolve_data_root,
-                   to_signed_range)
+from .data import DATASETS, load_dataset, resolve_cache_dir, resolve_data_root, to_signed_range
 
 __all__ = ["RESIDENT_DATASETS", "ResidentDataset", "ResidentLoader", "fits_on_device", "signed_lut"]
 
@@ -205,7 +204,7 @@ def _source_files(source):
     if isinstance(source, datasets.CIFAR10):
         folder = Path(source.root) / source.base_folder
         return [(f, folder / f) for f, _ in (source.train_list if source.train else source.test_list)]
-    if isinstance(source, ImageFileDataset):
+    if isinstance(source, datasets.ImageFolder):
         return [(f"{label}/{os.path.basename(p)}", p) for p, label in source.samples]  # str: 50k Paths are slow
     raise ValueError(f"cannot hold a {type(source).__name__} on the device; use the DataLoader path")
 

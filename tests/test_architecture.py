@@ -7,7 +7,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "spikingjelly_vae"
 
 # bottom to top; a unit is a top-level module or subpackage of spikingjelly_vae
 LAYERS = (
-    ("atomic", "surrogate", "runtime",                # plumbing with no package imports
+    ("atomic", "surrogate", "runtime", "dataspec",    # plumbing with no package imports
      "schemas", "overwrite"),
     ("registry",),                                     # names -> neurons, model builders, weights
     ("functional",),                                   # the papers' equations
@@ -15,8 +15,9 @@ LAYERS = (
     ("neuron",),                                       # PaperLIFNode, PoissonLatent
     ("layer",),                                        # tdBN, temporal blocks, readout
     ("models",),                                       # ESVAE, FSVAE, ANN VAE, FAD autoencoders
-    ("checkpoint", "data"),                            # files in, datasets in
-    ("download", "presets", "resident_data", "prior"),
+    ("checkpoint", "download"),                        # files in, dataset files fetched
+    ("data",),                                         # datasets in
+    ("presets", "resident_data", "prior"),
     ("metrics", "train", "convert"),
     ("experiments", "inference"),
     ("reproduce",),
@@ -25,8 +26,7 @@ LAYERS = (
 )
 LEVEL = {unit: i for i, units in enumerate(LAYERS) for unit in units}
 # upward imports that are allowed, each inside a function and for a reason:
-ALLOWED_UP = {("data", "download"): "load_dataset(download=True) hands over to the downloader, which reads "
-                                    "the dataset table of data.py"}
+ALLOWED_UP = {}
 
 
 def _unit(path: Path) -> str:
@@ -79,3 +79,25 @@ def test_module_and_function_sizes():
                 if length > 60:
                     big.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name}: {length} lines")
     assert not big, "\n".join(big)
+
+
+def test_presets_and_models_build_without_the_image_stack():
+    """presets, the dataset table and the models import neither PIL nor torchvision (a model builds without
+    the image stack), in a fresh interpreter."""
+    import subprocess
+    import sys
+    code = ("import sys, spikingjelly_vae.presets, spikingjelly_vae.dataspec, spikingjelly_vae.models\n"
+            "spikingjelly_vae.models.build_model({'model': 'esvae', 'in_channels': 1, 'image_size': 32, "
+            "'latent_dim': 8, 'hidden': [4, 4, 8, 8]})\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'PIL', 'torchvision'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_no_private_torch_api():
+    """No torch._*, torch.ops.aten._* or private torch.nn classes: the package runs on any torch >= 2.6."""
+    import re
+    private = re.compile(r"\btorch\.(?:[a-z_]+\.)*_[A-Za-z]|\bnn\.modules\.|\bF\._[a-z]")
+    found = [f"{path.relative_to(PACKAGE)}:{n}: {line.strip()}" for path in sorted(PACKAGE.rglob("*.py"))
+             for n, line in enumerate(path.read_text().splitlines(), 1) if private.search(line)]
+    assert found == []

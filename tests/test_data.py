@@ -1,6 +1,7 @@
 """Data loaders on the shared data (small subsets) and on small synthetic trees."""
 import io
 import os
+import stat
 import tarfile
 from pathlib import Path
 
@@ -161,9 +162,36 @@ def test_unsafe_tarball_refused(tmp_path):
         info = tarfile.TarInfo("../evil.txt")
         info.size = 1
         tf.addfile(info, io.BytesIO(b"x"))
-    with pytest.raises(ValueError, match="unsafe member '../evil.txt'"):
+    with pytest.raises(ValueError, match="refusing to extract .*evil.txt"):
         data.extract_tarball_once(tarball, tmp_path / "cache" / "cifar10")
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "cache" / "cifar10").exists()
+
+
+@pytest.mark.parametrize("kind", ["symlink out", "device"])
+def test_tarball_with_links_out_or_devices_refused(tmp_path, kind):
+    tarball = tmp_path / data.CIFAR10_TARBALL
+    with tarfile.open(tarball, "w:gz") as tf:
+        info = tarfile.TarInfo("CIFAR-10-images/x")
+        if kind == "symlink out":
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        else:
+            info.type = tarfile.CHRTYPE
+        tf.addfile(info)
+    with pytest.raises(ValueError, match="refusing to extract"):
+        data.extract_tarball_once(tarball, tmp_path / "cache" / "cifar10")
+    assert not (tmp_path / "cache" / "cifar10").exists()
+
+
+def test_tarball_members_lose_setuid_and_write_bits_for_others(tmp_path):
+    """Extraction uses tarfile's data filter: no setuid/setgid bits, no group/other write permission."""
+    tarball = tmp_path / data.CIFAR10_TARBALL
+    with tarfile.open(tarball, "w:gz") as tf:
+        info = tarfile.TarInfo("CIFAR-10-images/run.sh")
+        info.size, info.mode = 1, 0o6777
+        tf.addfile(info, io.BytesIO(b"x"))
+    tree = data.extract_tarball_once(tarball, tmp_path / "cache" / "cifar10")
+    mode = (tree / "CIFAR-10-images" / "run.sh").stat().st_mode
+    assert not mode & (stat.S_ISUID | stat.S_ISGID | stat.S_IWGRP | stat.S_IWOTH)
 
 
 @needs_shared

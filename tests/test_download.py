@@ -25,7 +25,7 @@ from PIL import Image
 from torchvision import datasets
 from torchvision.datasets import utils as tvu
 
-from spikingjelly_vae import data
+from spikingjelly_vae import data, download
 from spikingjelly_vae.download import WORK_PREFIX, DownloadError, download_dataset
 
 SHARED = Path(os.environ.get("SJVAE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -73,6 +73,7 @@ def sandbox(tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(outside))
     monkeypatch.setenv("HOME", str(outside))
     monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.setattr(download, "RETRY_WAIT_S", 0.0)  # retries without the pause
     root = tmp_path / "root"
     _WRITES = []
     try:
@@ -191,6 +192,62 @@ def test_offline_dns_failure(sandbox, monkeypatch):
     with pytest.raises(DownloadError, match=r"cifar10: no network \(\[Errno -3\] Temporary failure in "
                                             r"name resolution\); put cifar-10-batches-py/"):
         download_dataset("cifar10", sandbox, log=lambda s: None)
+
+
+@pytest.fixture
+def stalling_server():
+    """(URL, connections seen, answer) of a server that accepts, sends `answer` (b"" by default: nothing) and
+    never sends more."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.settimeout(0.05)
+    held, answer, done = [], [], threading.Event()
+
+    def serve():
+        while not done.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            held.append(conn)
+            conn.sendall(b"".join(answer))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.getsockname()[1]}/", held, answer
+    done.set()
+    thread.join()
+    srv.close()
+    for conn in held:
+        conn.close()
+
+
+@pytest.mark.parametrize("answer", [b"", b"HTTP/1.0 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"\0" * 10])
+def test_stalling_server_times_out_after_bounded_tries(sandbox, stalling_server, monkeypatch, answer):
+    """A server that accepts and never answers (or stops mid-file) fails after TRIES timeouts, with one line,
+    and leaves no partial file."""
+    url, held, send = stalling_server
+    send.append(answer)
+    monkeypatch.setattr(download, "TIMEOUT_S", 0.2)
+    monkeypatch.setattr(datasets.MNIST, "mirrors", [url])
+    result = []
+
+    def run():
+        try:
+            download_dataset("mnist", sandbox, log=lambda s: None)
+        except DownloadError as err:
+            result.append(str(err))
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(60)  # a hang shows as a live thread, not as a stuck test run
+    assert not worker.is_alive(), "download hung on a server that never answers"
+    assert result and "\n" not in result[0]
+    assert result[0].startswith(f"cannot download mnist: {url}train-images-idx3-ubyte.gz did not answer within "
+                                f"0.2 s ({download.TRIES} tries); run again later, or put MNIST/raw/")
+    assert len(held) == download.TRIES * (2 if answer else 1)  # torchvision asks HEAD (redirects), then GET
+    assert not sandbox.exists()  # no partial file: the root made for the download is removed again
 
 
 def test_http_error_names_the_file_to_fetch_by_hand(sandbox, server, monkeypatch):
@@ -361,7 +418,7 @@ def test_celeba_quota_and_missing_gdown(sandbox, fake_drive, monkeypatch):
     assert f"unzip it into {sandbox / 'celeba'}" in msg and "by hand (https://mmlab" in msg
     assert not sandbox.exists()
     monkeypatch.setitem(sys.modules, "gdown", None)  # not installed
-    with pytest.raises(DownloadError, match=r"needs the gdown package \(pip install gdown\); or download"):
+    with pytest.raises(DownloadError, match=r"needs the gdown package \(pip install 'spikingjelly-vae\[celeba\]'\); or download"):
         download_dataset("celeba", sandbox, log=lambda s: None)
 
 

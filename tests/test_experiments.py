@@ -123,6 +123,12 @@ class ToySpikingVAE(nn.Module):
     def decode(self, z):
         return torch.tanh(z.mean(0) @ self.dec).view(z.shape[1], 1, 2, 3)
 
+    def sample(self, n, generator=None):
+        return self.decode(self.prior_spikes(n, generator))
+
+    def loss(self, x, out):
+        return {"loss": ((out[0] - x) ** 2).mean()}
+
 
 def toy_loader(n=10, batch=4):
     x = torch.rand(n, 1, 2, 3, generator=torch.Generator().manual_seed(9)) * 2 - 1

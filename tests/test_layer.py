@@ -190,3 +190,29 @@ def test_blocks_pass_kernel_backend_to_the_neuron():
     assert TemporalConv2d(1, 2).lif.kernel_backend == "auto"
     with pytest.raises(ValueError, match="backend"):
         TemporalConvTranspose2d(2, 1, kernel_backend="cuda")
+
+
+def test_tdbn_momentum_none_is_a_cumulative_average_as_torch_bn():
+    """momentum=None: running statistics are the plain average over batches, as torch's BatchNorm keeps them."""
+    gen = torch.Generator().manual_seed(3)
+    batches = [torch.randn(4, 6, 3, 2, 2, generator=gen) * (k + 1) for k in range(3)]
+    bn = ThresholdDependentBatchNorm(3, momentum=None)
+    ref = torch.nn.BatchNorm1d(3, momentum=None)
+    for x in batches:
+        bn(x)
+        ref(x.flatten(0, 1).flatten(2))
+    assert int(bn.num_batches_tracked) == 3
+    assert torch.equal(bn.running_mean, ref.running_mean) and torch.equal(bn.running_var, ref.running_var)
+
+
+def test_tdbn_momentum_none_fused_block_equals_unfused():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 4, 2, 5, 5, generator=gen)
+    blocks = []
+    for fuse in (False, True):
+        torch.manual_seed(0)
+        blocks.append(TemporalConv2d(2, 3, fuse_bn_lif=fuse, kernel_backend="torch"))
+        blocks[-1].bn.momentum = None
+    outs = [[b(x) for _ in range(2)] for b in blocks]
+    assert all(torch.equal(a, b) for a, b in zip(*outs))
+    assert torch.equal(blocks[0].bn.running_var, blocks[1].bn.running_var)

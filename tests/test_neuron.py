@@ -210,3 +210,14 @@ def test_kernel_backend_is_ours_and_spikingjelly_backend_stays_valid(step_mode):
         assert "kernel_backend=torch" in repr(module)
     with pytest.raises(ValueError, match="kernel_backend must be one of"):
         PoissonLatent(kernel_backend="gpu")
+
+
+@pytest.mark.parametrize("v_reset", [0.0, 0.1])
+def test_lif_stale_state_of_another_shape_behaves_as_a_reset_neuron(v_reset):
+    """A membrane left from another batch size is discarded: the neuron starts from v_reset as a fresh one."""
+    x = torch.zeros(1, 3, 2)
+    fresh = PaperLIFNode(v_reset=v_reset)
+    stale = PaperLIFNode(v_reset=v_reset)
+    stale(torch.full((1, 5, 2), 0.15))  # leaves v of shape [5, 2]
+    assert torch.equal(stale(x), fresh(x)) and torch.equal(stale.v, fresh.v)
+    assert torch.allclose(fresh.v, torch.full((3, 2), v_reset))

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..atomic import atomic_write_bytes
 from ..checkpoint import checkpoint_dataset
+from ..models import SpikingVAE
 from ..runtime import derived_seed
 
 
@@ -24,9 +25,8 @@ def generator_for(seed: int, stream: str, batch_index: int, device="cpu") -> tor
 
 
 def is_spiking(model) -> bool:
-    """True for models with latent spikes (``posterior_spikes``/``prior_spikes``; not ``spiking = False``)."""
-    return bool(getattr(model, "spiking", True)) and all(
-        hasattr(model, m) for m in ("posterior_spikes", "prior_spikes", "encode", "decode"))
+    """True for models with latent spikes: a ``models.SpikingVAE`` (ESVAE, FSVAE; not the ANN VAE)."""
+    return isinstance(model, SpikingVAE)
 
 
 def require_spiking(model, path="model") -> None:

@@ -1,4 +1,4 @@
-"""Decoder robustness to perturbed latent spikes (paper Table II, Fig. 5, Fig. 12; definitions in DESIGN.md).
+"""Decoder robustness to perturbed latent spikes (ESVAE paper Sec. II-B and IV-D: Table II, Fig. 5, Fig. 12).
 
 z = posterior_spikes(x) ``[T, N, L]`` (seeded), x_clean = decode(z), x' = decode(perturb(z)):
   shuffle:   z'[:, n, l] = z[pi_nl, n, l], pi_nl an independent uniform permutation of the T steps

@@ -1,10 +1,10 @@
 """Opt-in tdBN (normalise and scale) + LIF as one autograd Function that keeps less for backward.
 
 The unfused block ``LIF(tdBN(x))`` keeps x (BN), the spikes and h (LIF) for backward. This Function keeps
-x, the spikes (the output, which the next layer keeps anyway) and the per-channel BN statistics, and
-recomputes y = tdBN(x) and h in backward: one step-sized tensor (h, the size of x) less per block, for one
-extra BN forward and LIF forward in backward. The BN runs through the very ATen entry points the unfused
-``F.batch_norm`` takes (``_batch_norm_impl_index`` and its backward, cuDNN or native), and the LIF through
+x and the spikes (the output, which the next layer keeps anyway), and recomputes y = tdBN(x) and h in
+backward: one step-sized tensor (h, the size of x) less per block, for one extra BN forward and LIF forward
+in backward. The BN runs through ``F.batch_norm`` both times (the backward differentiates the recomputed
+call with autograd, on copies of the running statistics so they are updated once), and the LIF through
 ``lif.py`` (torch loop or CuPy kernel, which agree bit for bit), so spikes, running statistics and
 gradients equal the unfused composition's bit for bit (tests/test_kernels_tdbn.py).
 
@@ -13,13 +13,18 @@ gradients equal the unfused composition's bit for bit (tests/test_kernels_tdbn.p
     spikes = LIF(y)                                             (ESVAE Eqs. 1-3, see lif.py)
 """
 import torch
+import torch.nn.functional as F
 
 from . import lif as _lif
 
 
-def _bn_forward(x, w, bias, running_mean, running_var, training, momentum, eps):
-    return torch._batch_norm_impl_index(x, w, bias, running_mean, running_var, training, momentum, eps,
-                                        torch.backends.cudnn.enabled)
+def _bn(x, weight, bias, bn, stats=None):
+    """The unfused tdBN's operations on folded ``x``: ``F.batch_norm(x, ..., weight * scale, bias, ...)``;
+    ``stats`` replaces the running statistics (backward passes copies)."""
+    running_mean, running_var, training, momentum, eps, scale = bn
+    if stats is not None:
+        running_mean, running_var = stats
+    return F.batch_norm(x, running_mean, running_var, weight * scale, bias, training, momentum, eps)
 
 
 class TdBNLIF(torch.autograd.Function):
@@ -28,37 +33,32 @@ class TdBNLIF(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_seq, weight, bias, v_init, bn, p, cupy):
-        running_mean, running_var, training, momentum, eps, scale = bn
-        x = x_seq.flatten(0, 1)
-        w = weight * scale  # the unfused tdBN's operation
-        y, save_mean, save_invstd, reserve, impl = _bn_forward(x, w, bias, running_mean, running_var, training,
-                                                               momentum, eps)
+        y = _bn(x_seq.flatten(0, 1), weight, bias, bn)
         run = _lif.cupy_forward if cupy else _lif.torch_forward
         spikes, _, v_last = run(y.unflatten(0, x_seq.shape[:2]), p, keep_h=False, v_init=v_init)
-        ctx.bn, ctx.p, ctx.cupy, ctx.impl = bn, p, cupy, impl
+        ctx.bn, ctx.p, ctx.cupy = bn, p, cupy
         ctx.v_dtype = None if v_init is None else v_init.dtype
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, w, bias, v_init, save_mean, save_invstd, reserve, spikes)
+        ctx.save_for_backward(x_seq, weight, bias, v_init, spikes)
         return spikes, v_last
 
     @staticmethod
     def backward(ctx, grad_spikes, grad_v_last):
-        x, w, bias, v_init, save_mean, save_invstd, reserve, spikes = ctx.saved_tensors
-        running_mean, running_var, training, _, eps, scale = ctx.bn
-        # recompute y with the forward's own kernel (batch statistics again, running statistics untouched)
-        stats = [None if s is None else s.clone() for s in (running_mean, running_var)]
-        y = _bn_forward(x, w, bias, *stats, training, 0.0, eps)[0].unflatten(0, spikes.shape[:2])
+        x_seq, weight, bias, v_init, spikes = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:3]
+        inputs = [t.detach().requires_grad_(n) for t, n in zip((x_seq, weight, bias), needs)]
+        # recompute y (batch statistics again; the running statistics are copies, left untouched)
+        stats = [None if s is None else s.clone() for s in ctx.bn[:2]]
+        with torch.enable_grad():
+            y = _bn(inputs[0].flatten(0, 1), inputs[1], inputs[2], ctx.bn, stats).unflatten(0, spikes.shape[:2])
         run_forward, run_backward = (_lif.cupy_forward, _lif.cupy_backward) if ctx.cupy else \
             (_lif.torch_forward, _lif.torch_backward)
-        _, h_seq, _ = run_forward(y, ctx.p, keep_h=True, v_init=v_init)
+        _, h_seq, _ = run_forward(y.detach(), ctx.p, keep_h=True, v_init=v_init)
         if grad_spikes is not None:
             grad_spikes = grad_spikes.contiguous()
         grad_y, grad_v = run_backward(grad_spikes, spikes, h_seq, ctx.p, grad_v_last)
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
-        grad_x, grad_w, grad_b = torch.ops.aten._batch_norm_impl_index_backward(
-            ctx.impl, x, grad_y.flatten(0, 1), w, running_mean, running_var, save_mean, save_invstd, training,
-            eps, mask, reserve)
-        grad_x = None if grad_x is None else grad_x.unflatten(0, spikes.shape[:2])
-        grad_weight = None if grad_w is None else grad_w * scale  # the unfused MulBackward's operation
+        wanted = [t for t, n in zip(inputs, needs) if n]
+        grads = iter(torch.autograd.grad(y, wanted, grad_y) if wanted else ())
+        grad_x, grad_weight, grad_b = (next(grads) if n else None for n in needs)
         grad_v_init = grad_v.to(ctx.v_dtype) if ctx.needs_input_grad[3] else None
         return grad_x, grad_weight, grad_b, grad_v_init, None, None, None

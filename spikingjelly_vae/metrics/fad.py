@@ -1,4 +1,4 @@
-"""FAD: Frechet distance in the latent space of a pretrained ANN autoencoder (reference_spec.md 7.4).
+"""FAD: Frechet distance in the latent space of a pretrained ANN autoencoder (ESVAE paper Sec. IV-C, Table I; FSVAE paper).
 
 Features are `AE.encode(x)` of images in [-1, 1] at their own size (no resize).
 - ``reference`` protocol (the paper's numbers): the AE stays in train mode, so every BatchNorm uses the

@@ -1,4 +1,4 @@
-"""Inception Score with torchvision's ImageNet `inception_v3` (reference_spec.md section 7.2).
+"""Inception Score with torchvision's ImageNet `inception_v3` (ESVAE paper Sec. IV-C, Table I; Salimans et al. 2016).
 
 IS = exp(mean_i KL(p(y|x_i) || p(y))), p(y) the mean of p(y|x) over the split; reported as the mean
 and standard deviation over splits of equal size.

@@ -1,4 +1,4 @@
-"""Reconstruction MSE on a test set in [-1, 1] (reference_spec.md section 7.1).
+"""Reconstruction MSE on a test set in [-1, 1] (ESVAE paper Sec. IV-C, Table I).
 
 The model is in eval mode (BatchNorm on running statistics) and its posterior is sampled (pass a
 `torch.Generator` for an exact repeat); the reconstruction is `model(x, generator)[0]`.

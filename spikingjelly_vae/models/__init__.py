@@ -14,6 +14,7 @@ from ..registry import (MODELS, WEIGHTS, create_model, get_model_builder, get_we
 from .ann_vae import ANNVAE
 from .esvae import ESVAE
 from .fsvae import FSVAE
+from .interface import ANNVAEOutput, ESVAEOutput, FSVAEOutput, SpikingVAE
 
 LARGE_IMAGE_SIZE = 64
 LEGACY_KEYS = {"backend": "kernel_backend"}  # config keys of checkpoints written before the rename
@@ -69,6 +70,7 @@ def build_model(config: dict) -> nn.Module:
 
 from . import hub  # noqa: E402,F401  (registers the named weights of the builders above)
 
-__all__ = ["ESVAE", "ESVAELarge", "FSVAE", "FSVAELarge", "ANNVAE", "ANNVAELarge", "MODELS", "build_model",
+__all__ = ["SpikingVAE", "ESVAEOutput", "FSVAEOutput", "ANNVAEOutput", "ESVAE", "ESVAELarge", "FSVAE", "FSVAELarge",
+           "ANNVAE", "ANNVAELarge", "MODELS", "build_model",
            "create_model", "esvae_large", "fsvae_large", "ann_vae_large", "get_model_builder", "model_names",
            "register_model", "WEIGHTS", "get_weights", "weights_names"]

@@ -8,7 +8,7 @@ loss:    MSE(x_hat, x) + w * mean_n [ -1/2 sum_l (1 + logvar - mu^2 - exp(logvar
 As the official ``main_ann_vae.py``: latent 128, batch 250, AdamW lr 1e-3 with its default weight decay 0.01,
 150 epochs. ``kld_weight="auto"`` takes w from ``set_num_train_batches(len(train_loader))``, which the
 training loop calls; the value is then kept in ``config`` so a checkpoint rebuilds the same loss.
-Not spiking: ``posterior_spikes`` / ``prior_spikes`` raise; ``encode`` returns ``(mu, logvar)`` and the
+Not spiking (not a ``SpikingVAE``: no ``posterior_spikes`` / ``prior_spikes``); ``encode`` returns ``(mu, logvar)`` and the
 encoder probe (Table III) uses ``mu``.
 """
 from typing import Dict, Optional, Sequence, Union
@@ -19,10 +19,7 @@ from torch import nn
 
 from ..functional import gaussian_kld
 from .backbone import check_images, check_model_args
-
-NOT_SPIKING = ("the ANN VAE has a Gaussian latent, not spikes: spike-based experiments (robustness, "
-               "firing rates, spike rasters) apply to esvae and fsvae only")
-
+from .interface import ANNVAEOutput, init_config
 
 def _conv_block(conv: nn.Module, channels: int) -> nn.Sequential:
     return nn.Sequential(conv, nn.BatchNorm2d(channels), nn.LeakyReLU(0.01))
@@ -32,11 +29,11 @@ class ANNVAE(nn.Module):
     """Gaussian VAE on the same conv architecture; ``image_size=64`` (CelebA) is the builder ``ann_vae_large``;
     ``hidden`` as ESVAE's.
 
-    ``forward(x)`` returns ``(reconstruction, mu, logvar)``.
+    ``forward(x)`` returns an ``ANNVAEOutput(reconstruction, mu, logvar)``. Not a ``SpikingVAE``: it has no
+    ``posterior_spikes`` / ``prior_spikes``.
     """
 
     name = "ann-vae"
-    spiking = False
 
     def __init__(self, in_channels: int = 1, latent_dim: int = 128, image_size: int = 32, *,
                  hidden: Optional[Sequence[int]] = None, kld_weight: Union[str, float] = "auto"):
@@ -49,8 +46,8 @@ class ANNVAE(nn.Module):
         self.in_channels, self.image_size, self.latent_dim = in_channels, image_size, int(latent_dim)
         self.kld_weight = kld_weight if kld_weight == "auto" else float(kld_weight)
         self._kld_auto = kld_weight == "auto"
-        self.config = dict(model=self.name, in_channels=in_channels, image_size=image_size,
-                           latent_dim=int(latent_dim), hidden=list(hidden), kld_weight=self.kld_weight)
+        self.config = init_config(self, locals(), latent_dim=int(latent_dim), hidden=list(hidden),
+                                  kld_weight=self.kld_weight)
         chans = (in_channels, *hidden)
         self.encoder = nn.Sequential(*[_conv_block(nn.Conv2d(a, b, 3, 2, 1), b) for a, b in zip(chans, chans[1:])])
         self.fc_mu = nn.Linear(hidden[-1] * 4, latent_dim)
@@ -88,16 +85,16 @@ class ANNVAE(nn.Module):
         mu, logvar = self.encode(x)
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + torch.exp(0.5 * logvar) * eps
-        return self.decode(z), mu, logvar
+        return ANNVAEOutput(self.decode(z), mu, logvar)
 
-    def loss(self, x: torch.Tensor, out) -> Dict[str, torch.Tensor]:
+    def loss(self, x: torch.Tensor, out: ANNVAEOutput) -> Dict[str, torch.Tensor]:
         """MSE + w * KL(N(mu, exp(logvar)) || N(0, I)), KL summed over L and averaged over N."""
-        reconstruction, mu, logvar = out[0], out[1], out[2]
+        out = ANNVAEOutput(*out)
         if self.kld_weight == "auto":
             raise ValueError("the ANN VAE's KL weight is 1/len(train_loader): call "
                              "model.set_num_train_batches(len(train_loader)) first, or build it with kld_weight=")
-        recon = F.mse_loss(reconstruction, x)
-        kld = gaussian_kld(mu, logvar)
+        recon = F.mse_loss(out.reconstruction, x)
+        kld = gaussian_kld(out.mu, out.logvar)
         return {"loss": recon + self.kld_weight * kld, "recon": recon, "kld": kld}
 
     @torch.no_grad()
@@ -106,12 +103,6 @@ class ANNVAE(nn.Module):
         weight = self.fc_mu.weight
         z = torch.randn(n, self.latent_dim, generator=generator, device=weight.device, dtype=weight.dtype)
         return self.decode(z)
-
-    def posterior_spikes(self, x, generator=None):
-        raise ValueError(NOT_SPIKING)
-
-    def prior_spikes(self, n, generator=None):
-        raise ValueError(NOT_SPIKING)
 
     def param_groups(self, lr: float):
         """One AdamW group at ``lr`` (the preset's weight decay is 0.01, AdamW's default, as the official script)."""

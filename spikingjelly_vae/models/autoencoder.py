@@ -1,4 +1,4 @@
-"""The ANN autoencoder whose latent space defines FAD (reference_spec.md section 7.4).
+"""The ANN autoencoder whose latent space defines FAD (ESVAE paper Sec. IV-C; FSVAE paper).
 
 AE (32x32): encoder = 4 stages [Conv2d k3 s2 p1 -> BatchNorm2d -> LeakyReLU(0.01)] with 32, 64,
 128, 256 channels (32 -> 2 pixels), flatten (256*2*2 = 1024), Linear -> latent. Decoder: Linear ->

@@ -1,4 +1,4 @@
-"""The spiking conv encoder/decoder shared by ESVAE and FSVAE (reference_spec section 2)."""
+"""The spiking conv encoder/decoder shared by ESVAE and FSVAE (ESVAE paper Sec. IV-B)."""
 from typing import Optional, Sequence, Tuple
 
 import torch

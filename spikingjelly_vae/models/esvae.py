@@ -15,6 +15,7 @@ from torch import nn
 from ..functional import rbf_mmd
 from ..neuron import PoissonLatent
 from .backbone import SpikingBackbone, SpikingDecoder, SpikingEncoder, check_model_args
+from .interface import ESVAEOutput, init_config
 
 
 class ESVAE(SpikingBackbone):
@@ -24,7 +25,7 @@ class ESVAE(SpikingBackbone):
     ``kernel_backend``: our LIF/Poisson kernel switch ("auto", "cupy", "torch"). ``fuse_bn_lif``: run each
     tdBN -> LIF as one fused kernel (less memory for backward, same spikes and gradients; default off).
 
-    ``forward(x)`` returns ``(reconstruction, posterior_rate, prior_rate)``.
+    ``forward(x)`` returns an ``ESVAEOutput(reconstruction, posterior_rate, prior_rate)``.
     """
 
     name = "esvae"
@@ -36,10 +37,8 @@ class ESVAE(SpikingBackbone):
         hidden = check_model_args(in_channels, image_size, hidden)
         self.in_channels, self.image_size, self.latent_dim, self.T = in_channels, image_size, latent_dim, int(T)
         self.mmd_lambda = float(mmd_lambda)
-        self.config = dict(model=self.name, in_channels=in_channels, image_size=image_size,
-                           latent_dim=latent_dim, T=int(T), hidden=list(hidden), mmd_lambda=float(mmd_lambda),
-                           half_width=float(half_width), kernel_backend=kernel_backend,
-                           fuse_bn_lif=bool(fuse_bn_lif))
+        self.config = init_config(self, locals(), T=int(T), hidden=list(hidden), mmd_lambda=float(mmd_lambda),
+                                  half_width=float(half_width), fuse_bn_lif=bool(fuse_bn_lif))
         self.encoder = SpikingEncoder(in_channels, latent_dim, hidden, kernel_backend, bool(fuse_bn_lif))
         self.latent = PoissonLatent(T=T, half_width=half_width, kernel_backend=kernel_backend)
         self.prior_layer = nn.Linear(latent_dim, latent_dim)  # the "bottleneck" (reference: sample_layer)
@@ -63,13 +62,13 @@ class ESVAE(SpikingBackbone):
         z = self.latent(posterior_rate, generator=generator)
         reconstruction = self.decode(z)
         prior_rate = self.prior_rate(x.shape[0], generator)
-        return reconstruction, posterior_rate, prior_rate
+        return ESVAEOutput(reconstruction, posterior_rate, prior_rate)
 
-    def loss(self, x: torch.Tensor, out) -> Dict[str, torch.Tensor]:
+    def loss(self, x: torch.Tensor, out: ESVAEOutput) -> Dict[str, torch.Tensor]:
         """L = MSE(x_hat, x) + lambda * MMD^2(posterior_rate, prior_rate)  (paper Eq. 11; MMD^2 is Eq. 10)."""
-        reconstruction, posterior_rate, prior_rate = out
-        recon = F.mse_loss(reconstruction, x)
-        mmd = rbf_mmd(posterior_rate, prior_rate)
+        out = ESVAEOutput(*out)
+        recon = F.mse_loss(out.reconstruction, x)
+        mmd = rbf_mmd(out.posterior_rate, out.prior_rate)
         return {"loss": recon + self.mmd_lambda * mmd, "recon": recon, "mmd": mmd}
 
     def posterior_spikes(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """FSVAE (Kamata et al., AAAI 2022): a fully spiking VAE with autoregressive Bernoulli latents.
 
-Same spiking backbone as ESVAE (reference_spec 2). The latent (reference_spec 4), k = 20, L = latent_dim:
+Same spiking backbone as ESVAE (ESVAE paper Sec. IV-B). The latent (FSVAE paper, Sec. 3), k = 20, L = latent_dim:
 posterior  q(z_t | x_<=t, z_<t): MLP 2L -> 2L -> 4L -> kL on concat(x_e[t], z_{t-1}) (z_{-1} = 0);
            z_t = one of the k output spikes of unit l, picked uniformly at random (gradient through it)
 prior      p(z_t | z_<t): MLP L -> 2L -> 4L -> kL on z_{t-1} (detached; scheduled sampling in training)
@@ -27,6 +27,7 @@ from torch import nn
 from ..functional import bernoulli_kld, psp_distance
 from ..layer import TemporalLinear
 from .backbone import SpikingBackbone, SpikingDecoder, SpikingEncoder, check_model_args
+from .interface import FSVAEOutput, init_config
 
 SCHEDULE_START, SCHEDULE_END, SCHEDULE_FIRST_STEP = 0.1, 0.3, 5
 KLD_WEIGHT = 1e-4
@@ -160,7 +161,7 @@ class FSVAE(SpikingBackbone):
     """FSVAE; 32x32 images by default (MNIST, Fashion-MNIST: 1 channel; CIFAR-10: 3), 64x64 (CelebA) with
     ``image_size=64`` (the builder ``fsvae_large``). ``hidden``, ``kernel_backend`` and ``fuse_bn_lif`` as ESVAE's.
 
-    ``forward(x)`` returns ``(reconstruction, q_z [T,N,L,k], p_z [T,N,L,k], z [T,N,L])``; ``encode(x)`` gives the
+    ``forward(x)`` returns an ``FSVAEOutput(reconstruction, q_z [T,N,L,k], p_z [T,N,L,k], z [T,N,L])``; ``encode(x)`` gives the
     encoder spikes x_e and their firing rate, before the posterior network (the input of the Table III probe).
     ``set_epoch(epoch, max_epochs)`` sets the scheduled-sampling probability p = 0.1 + 0.2 * epoch / max_epochs
     (0.1 until it is called).
@@ -180,10 +181,8 @@ class FSVAE(SpikingBackbone):
         self.in_channels, self.image_size, self.latent_dim = in_channels, image_size, int(latent_dim)
         self.T, self.k, self.scheduled, self.distance = int(T), int(k), bool(scheduled), distance
         self.sampling_prob = SCHEDULE_START
-        self.config = dict(model=self.name, in_channels=in_channels, image_size=image_size,
-                           latent_dim=int(latent_dim), T=int(T), hidden=list(hidden), k=int(k),
-                           scheduled=bool(scheduled), distance=distance, kernel_backend=kernel_backend,
-                           fuse_bn_lif=bool(fuse_bn_lif))
+        self.config = init_config(self, locals(), latent_dim=int(latent_dim), T=int(T), hidden=list(hidden),
+                                  k=int(k), scheduled=bool(scheduled), fuse_bn_lif=bool(fuse_bn_lif))
         fuse = bool(fuse_bn_lif)
         self.encoder = SpikingEncoder(in_channels, latent_dim, hidden, kernel_backend, fuse)
         self.posterior = BernoulliPosterior(latent_dim, k, kernel_backend, fuse)
@@ -201,13 +200,13 @@ class FSVAE(SpikingBackbone):
         x_e, _ = self.encode(x)
         z, q_z = self.posterior(x_e, generator)
         p_z = self.prior(z, self.sampling_prob, self.scheduled, generator)
-        return self.decode(z), q_z, p_z, z
+        return FSVAEOutput(self.decode(z), q_z, p_z, z)
 
-    def loss(self, x: torch.Tensor, out) -> Dict[str, torch.Tensor]:
+    def loss(self, x: torch.Tensor, out: FSVAEOutput) -> Dict[str, torch.Tensor]:
         """MSE + mean (PSP(q_bar) - PSP(p_bar))^2  (or MSE + 1e-4 * Bernoulli KL with ``distance='kld'``)."""
-        reconstruction, q_z, p_z = out[0], out[1], out[2]
-        recon = F.mse_loss(reconstruction, x)
-        q_bar, p_bar = q_z.mean(-1), p_z.mean(-1)  # [T, N, L]
+        out = FSVAEOutput(*out)
+        recon = F.mse_loss(out.reconstruction, x)
+        q_bar, p_bar = out.q_z.mean(-1), out.p_z.mean(-1)  # [T, N, L]
         if self.distance == "mmd":
             mmd = psp_distance(q_bar, p_bar)
             return {"loss": recon + mmd, "recon": recon, "mmd": mmd}
