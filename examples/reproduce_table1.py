@@ -6,7 +6,7 @@
     python examples/reproduce_table1.py --dataset mnist --out /tmp/t1 --data-root DATA --quick
 
 Each call continues every model's schedule in <out>/<dataset>/<model>/ (ESVAE 300 epochs, FSVAE and
-ANN VAE 150), stops at an epoch boundary before the budget runs out, evaluates a schedule once it is
+ANN VAE 150), stops at a step boundary before the budget runs out (keeping the exact state), evaluates a schedule once it is
 complete and writes <out>/<dataset>/table1.json and table1.md. Rerun the same command to continue.
 `sjvae reproduce` takes the same options. `--quick` is a CPU smoke run on tiny models (not Table I).
 """

@@ -214,7 +214,12 @@ class _OneFolder(datasets.ImageFolder):
 
 def _cifar10(split, root, cache_dir, tf):
     if (root / "cifar-10-batches-py").is_dir():
-        return datasets.CIFAR10(str(root), train=split == "train", transform=tf, download=False)
+        try:  # torchvision checks each file's md5 against the official one before unpickling it
+            return datasets.CIFAR10(str(root), train=split == "train", transform=tf, download=False)
+        except RuntimeError:
+            raise ValueError(f"CIFAR-10 batches under {str(root / 'cifar-10-batches-py')!r} are missing, corrupt or "
+                             "not the official files (md5 check failed); replace them with the files of "
+                             f"cifar-10-python.tar.gz{DOWNLOAD_HINT}") from None
     for tree in (root / "CIFAR-10-images", root / "cifar10"):
         if (tree / split).is_dir():
             return _image_folder(tree / split, tf)

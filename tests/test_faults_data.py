@@ -213,3 +213,13 @@ def test_tampered_statistics_cache_is_recomputed(tmp_path):
     path.write_bytes(b"rot")
     with pytest.warns(UserWarning, match="does not load"):
         assert load_npz_cache(path, proto) is None
+
+
+def test_cifar_batches_that_are_not_the_official_files(tmp_path):
+    """torchvision unpickles cifar-10-batches-py only after its md5 check; a failed check is one line."""
+    batches = tmp_path / "root" / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    (batches / "test_batch").write_bytes(b"\x80\x04not the official batch")
+    msg = one_line(sjvae("train", "--dataset", "cifar10", "--out", tmp_path / "r", "--epochs", 1,
+                         *[a if a != SHARED else tmp_path / "root" for a in TINY]))
+    assert "md5 check failed" in msg and not (tmp_path / "r" / "last.pt").exists()

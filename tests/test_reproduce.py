@@ -37,12 +37,11 @@ def run(out, **kw):
 
 
 def test_should_stop_rules():
-    assert not rp.should_stop(remaining_s=-5.0, seconds_per_epoch=10.0, epochs_run=0)  # first epoch always
-    assert rp.should_stop(remaining_s=9.0, seconds_per_epoch=10.0, epochs_run=1)
-    assert not rp.should_stop(remaining_s=11.0, seconds_per_epoch=10.0, epochs_run=1)
-    assert rp.should_stop(remaining_s=1e6, seconds_per_epoch=None, epochs_run=1)  # unknown cost: next call
-    assert not rp.should_stop(remaining_s=None, seconds_per_epoch=None, epochs_run=5)  # no budget
-    assert rp.should_stop(remaining_s=None, seconds_per_epoch=1.0, epochs_run=2, max_epochs=2)
+    assert not rp.should_stop(remaining_s=-5.0, next_seconds=10.0, units_done=0)  # the first unit always runs
+    assert rp.should_stop(remaining_s=9.0, next_seconds=10.0, units_done=1)
+    assert not rp.should_stop(remaining_s=11.0, next_seconds=10.0, units_done=1)
+    assert rp.should_stop(remaining_s=1e6, next_seconds=None, units_done=1)  # unknown cost: next call
+    assert not rp.should_stop(remaining_s=None, next_seconds=None, units_done=5)  # no budget
 
 
 def test_budgeted_calls_stop_inside_epochs_and_equal_one_call(tmp_path):

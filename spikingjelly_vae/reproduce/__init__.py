@@ -43,18 +43,13 @@ EVAL_FILE = "last.pt.eval-reference.json"  # compare.load_result's name for last
 ROBUSTNESS_KINDS = ("shuffle", "flip", "gaussian")  # Table II, Fig. 5 (both noise kinds)
 
 
-def should_stop(*, remaining_s: Optional[float], seconds_per_epoch: Optional[float], epochs_run: int,
-                max_epochs: Optional[int] = None) -> bool:
-    """True when the next epoch must not start: the per-call epoch cap is reached, or the budget left
-    is smaller than one predicted epoch, or unknown (a model not run yet) while a budget is set. The
-    first epoch of a call (`epochs_run == 0`) always runs."""
-    if epochs_run == 0:
+def should_stop(*, remaining_s: Optional[float], next_seconds: Optional[float], units_done: int) -> bool:
+    """True when the next unit of work (an optimizer step or a test batch) must not start: its predicted
+    seconds exceed the budget left, or are unknown while work was done. The first unit of a call
+    (`units_done == 0`) always runs; without a budget (`remaining_s` None) nothing stops."""
+    if units_done == 0 or remaining_s is None:
         return False
-    if max_epochs is not None and epochs_run >= max_epochs:
-        return True
-    if remaining_s is None:
-        return False
-    return seconds_per_epoch is None or remaining_s < seconds_per_epoch
+    return next_seconds is None or remaining_s < next_seconds
 
 
 def versions() -> dict:
@@ -111,20 +106,13 @@ class _Budget:
     def remaining(self) -> Optional[float]:
         return None if self.deadline is None else self.deadline - self.clock()
 
-    def stop(self, seconds_per_epoch: Optional[float]) -> bool:
-        return should_stop(remaining_s=self.remaining(), seconds_per_epoch=seconds_per_epoch,
-                           epochs_run=self.epochs_run, max_epochs=self.max_epochs)
-
     def rule(self, history_step_seconds: Optional[float]):
         """fit's stop_rule: stop before a unit (step or test batch) whose predicted seconds (measured in this
         call, else `history_step_seconds`) exceed the budget left, or are unknown; never before the call's
         first unit, never without a budget."""
         def stop(units: int, next_seconds: Optional[float]) -> bool:
-            remaining = self.remaining()
-            if self.units + units == 0 or remaining is None:
-                return False
-            seconds = next_seconds if next_seconds is not None else history_step_seconds
-            return seconds is None or remaining < seconds
+            return should_stop(remaining_s=self.remaining(), units_done=self.units + units,
+                               next_seconds=next_seconds if next_seconds is not None else history_step_seconds)
         return stop
 
 
