@@ -13,7 +13,7 @@ import pickle
 from typing import Any, Dict, List, Literal, Optional, Union
 
 import torch
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr,
+from pydantic import (AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr,
                       ValidationError, field_validator, model_validator)
 from typing_extensions import Annotated
 
@@ -34,6 +34,16 @@ def _number(value):
 
 
 Number = Annotated[float, BeforeValidator(_number)]
+
+
+def _loss_or_inf(value):
+    """A finite number, or +inf (no test pass yet: the best loss of a run stopped inside its first epoch)."""
+    if isinstance(value, float) and value == math.inf:
+        return value
+    return _number(value)
+
+
+BestLoss = Annotated[float, AllowInfNan(True), BeforeValidator(_loss_or_inf)]
 
 
 class FileFormatError(ValueError):
@@ -157,7 +167,7 @@ class ResumeState(Checkpoint):
     optimizer: _OptimizerState
     epoch: StrictInt = Field(ge=0)  # 0: a step checkpoint inside the first epoch
     step: StrictInt = Field(0, ge=0)
-    best_test_loss: Number = None  # absent in older files; never null
+    best_test_loss: BestLoss = None  # absent in older files; never null; inf before the first test pass
     scaler: Optional[Dict[str, Any]] = None
     train_config: _TrainOptions
     metrics: Optional[_EpochMetrics] = None

@@ -48,8 +48,8 @@ def reports_value_errors(f):
             if _debug():
                 raise
             raise click.ClickException(one_line(os_error_line(e))) from None
-        except click.ClickException:
-            raise
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # click's own errors and exits (a signal's 128 + signum) keep their code
         except Exception as e:  # a failure nobody foresaw: still one line; the traceback under --debug
             if _debug():
                 raise
