@@ -17,14 +17,13 @@ from pathlib import Path
 
 import torch
 
-from spikingjelly_vae.atomic import atomic_write_text
+from spikingjelly_vae.atomic import atomic_write_text, sha256_file
 from spikingjelly_vae.checkpoint import load_model
 from spikingjelly_vae.data import load_dataset
 from spikingjelly_vae.functional import rbf_mmd
 from spikingjelly_vae.metrics.fad import compute_fad, fad_test_stats, load_fad_model
 from spikingjelly_vae.metrics.fid import (compute_fid, fid_reference_stats, inception_features,
                                           load_fid_inception)
-from spikingjelly_vae.metrics.resources import sha256_file
 from spikingjelly_vae.metrics.sources import tensor_batches
 from spikingjelly_vae.prior import (LearnedPrior, default_prior_path, fit_rate_mixture, load_prior,
                                     posterior_rates, prior_batches, sample_images)
@@ -52,6 +51,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only-throughput", action="store_true")
+    p.add_argument("--rates-cache", default="", help="file for the posterior rates (reused when its "
+                   "checkpoint sha256 and image counts match)")
+    p.add_argument("--only-rates", action="store_true", help="encode (into --rates-cache) and stop")
     p.add_argument("--eps-sweep", default="", help="e.g. 0.03125,0.01,0.001,0.0001: only rate-level "
                    "statistics of K=10 mixtures per eps (no decoder, no FID/FAD), written to --out")
     return p.parse_args(argv)
@@ -123,12 +125,25 @@ def eps_sweep(args, model, record):
 
 
 def _rates(args, model, record):
+    """Posterior rates of the first --fit-images training and --mmd-num test images (cached with
+    --rates-cache: the encoding is the slow part on a CPU, and every run of one checkpoint shares it)."""
+    cache = Path(args.rates_cache) if args.rates_cache else None
+    key = {"checkpoint_sha256": sha256_file(args.checkpoint), "fit_images": args.fit_images,
+           "mmd_num": args.mmd_num}
+    if cache is not None and cache.is_file():
+        saved = torch.load(cache, weights_only=True)
+        if saved["key"] == key:
+            record["encode_seconds"], record["rates_cache"] = saved["seconds"], str(cache)
+            return saved["train"], saved["test"]
     t = time.perf_counter()
     train = load_dataset("mnist", "train", root=args.data_root, augment=False)
     test = load_dataset("mnist", "test", root=args.data_root, augment=False)
     rates_train = posterior_rates(model, train, max_images=args.fit_images)
     rates_test = posterior_rates(model, test, max_images=args.mmd_num).float()
     record["encode_seconds"] = time.perf_counter() - t
+    if cache is not None:
+        torch.save({"key": key, "seconds": record["encode_seconds"], "train": rates_train,
+                    "test": rates_test}, cache)
     return rates_train, rates_test
 
 
@@ -153,6 +168,9 @@ def main(argv=None):
     print(json.dumps(record["throughput"]), flush=True)
     if args.eps_sweep:
         return eps_sweep(args, model, record)
+    if args.only_rates:
+        _rates(args, model, record)
+        return print(json.dumps({"encode_seconds": record["encode_seconds"]}))
     if args.only_throughput:
         return print(json.dumps(record, indent=2))
     t = time.perf_counter()

@@ -68,7 +68,7 @@ def test_sample_with_gmm_prior(fitted, tmp_path):
     a, b = (torch.load(tmp_path / f, weights_only=True) for f in ("a.pt", "b.pt"))
     assert a.shape == b.shape == (8, 1, 32, 32) and not torch.equal(a, b)  # another rate source
     res = invoke("sample", "--checkpoint", ckpt, "--prior", "gmm", "--out", tmp_path / "x.png")
-    assert res.exit_code == 2 and "learned or gmm:PATH" in res.output
+    assert res.exit_code == 2 and "gmm:PATH or diffusion:PATH" in res.output
 
 
 def test_evaluate_records_the_prior_and_compare_marks_it(fitted, tmp_path):
