@@ -59,7 +59,7 @@ def fit_gmm(x: torch.Tensor, *, components: int, covariance: str = "full", seed:
 
     Stops when the mean log-likelihood gains less than ``tol`` per iteration; ``reg_covar`` is added to
     every covariance diagonal (keeps components on constant dimensions positive definite); ``init``:
-    k-means++ seeding or K random data points, then hard assignment to the nearest seed."""
+    EM starts from K k-means++ seeds or K random data points."""
     if covariance not in COVARIANCES:
         raise PriorError(f"covariance must be one of {', '.join(COVARIANCES)}, got {covariance!r}")
     if init not in INITS:
