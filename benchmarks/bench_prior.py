@@ -28,7 +28,7 @@ from spikingjelly_vae.metrics.fad import compute_fad, fad_test_stats, load_fad_m
 from spikingjelly_vae.metrics.fid import (compute_fid, fid_reference_stats, inception_features,
                                           load_fid_inception)
 from spikingjelly_vae.metrics.sources import tensor_batches
-from spikingjelly_vae.prior import (LearnedPrior, RatePrior, default_prior_path, fit_diffusion,
+from spikingjelly_vae.prior import (DiffusionPrior, LearnedPrior, RatePrior, default_prior_path, fit_diffusion,
                                     fit_rate_mixture, load_prior, posterior_rates, prior_batches, sample_images)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -56,6 +56,8 @@ def parse_args(argv=None):
     p.add_argument("--mmd-num", type=int, default=2000, help="test images whose rates are compared by MMD")
     p.add_argument("--diffusion", default="", help="diffusion priors to fit, by space: logit,rate")
     p.add_argument("--diffusion-opts", default="{}", help='JSON of fit_diffusion options, e.g. {"epochs": 40}')
+    p.add_argument("--diffusion-variants", default="[]", help='JSON list of sampler settings scored with the '
+                   'same fitted denoiser, e.g. [{"eta": 1.0, "sample_steps": 100}]')
     p.add_argument("--floor", action="store_true", help="also score the test images' own posterior rates")
     p.add_argument("--skip-learned", action="store_true")
     p.add_argument("--seed", type=int, default=0)
@@ -101,7 +103,7 @@ def score(name, prior, model, ctx, args, rates_test):
     t4 = time.perf_counter()
     rates = prior.sample_rates(len(rates_test), generator=torch.Generator().manual_seed(args.seed + 1))
     rates_s = time.perf_counter() - t4
-    png = Path(args.grid_dir) / f"prior_mnist_e20_{name}.png"
+    png = Path(args.grid_dir) / f"prior_mnist_e20_{name}{f'_seed{args.seed}' if args.seed else ''}.png"
     grid(images, png)
     return {"fad": fad["fad"], "fad_num_images": fad["num_images"], "fid": fid["fid"],
             "fid_num_images": fid["num_images"],
@@ -204,6 +206,13 @@ def diffusion(space, args, model, ctx, rates_train, rates_test, record):
     record["priors"][prior.name] = res
     write(args.out, record)
     print(prior.name, json.dumps({k: v for k, v in res.items() if k != "provenance"}), flush=True)
+    for variant in json.loads(args.diffusion_variants):
+        other = DiffusionPrior({**prior.config, **variant}, prior.net.state_dict(), provenance=prior.provenance)
+        name = f"{prior.name}-eta{other.config['eta']:g}-s{other.config['sample_steps']}"
+        record["priors"][name] = {**score(name, other, model, ctx, args, rates_test), "config": other.config,
+                                  "fit_seconds": fitted.provenance["fit_seconds"], "same_denoiser_as": prior.name}
+        write(args.out, record)
+        print(name, json.dumps(record["priors"][name]), flush=True)
 
 
 def write(out, record):

@@ -1,4 +1,5 @@
-"""Rate priors (spikingjelly_vae/prior.py): EM against known mixtures, sampling, files, the ESVAE wiring."""
+"""Rate priors (spikingjelly_vae/prior/): the GMM's EM against known mixtures, sampling, files, the ESVAE
+wiring."""
 import math
 
 import pytest

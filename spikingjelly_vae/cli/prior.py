@@ -29,10 +29,10 @@ def prior_group():
 @click.option("--covariance", type=click.Choice(["full", "diag"]), default="full", show_default=True,
               help="gmm: covariance of each component in logit space.")
 @click.option("--steps", default=100, show_default=True, type=click.IntRange(1),
-              help="diffusion: timesteps of the noise schedule (ancestral sampling runs all of them).")
-@click.option("--epochs", default=40, show_default=True, type=click.IntRange(0),
+              help="diffusion: timesteps of the noise schedule (DDIM samples over 50 of them).")
+@click.option("--epochs", default=60, show_default=True, type=click.IntRange(0),
               help="diffusion: passes over the rates.")
-@click.option("--width", default=256, show_default=True, type=click.IntRange(2),
+@click.option("--width", default=512, show_default=True, type=click.IntRange(2),
               help="diffusion: units per layer of the denoiser MLP.")
 @click.option("--space", type=click.Choice(["logit", "rate"]), default="logit", show_default=True,
               help="diffusion: run on the clamped logits of the rates or on the rates themselves.")

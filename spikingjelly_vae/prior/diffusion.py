@@ -54,7 +54,8 @@ class Denoiser(nn.Module):
         self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, latent_dim))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        emb = self.time(timestep_embedding(t, self.width))
+        steps, index = t.unique(return_inverse=True)  # the embedding MLP once per distinct timestep
+        emb = self.time(timestep_embedding(steps, self.width))[index]
         h = self.inp(x)
         for block in self.blocks:
             h = h + block(h + emb)
@@ -191,16 +192,17 @@ def _train(prior: DiffusionPrior, x0: torch.Tensor, *, epochs: int, batch_size: 
     return loss_sum
 
 
-def fit_diffusion(rates: torch.Tensor, *, space: str = "logit", steps: int = 100, epochs: int = 40,
-                  width: int = 256, depth: int = 3, train_batch: int = 256, lr: float = 2e-3,
-                  ema: float = 0.995, sample_steps: Optional[int] = None, eta: float = 1.0, seed: int = 0,
+def fit_diffusion(rates: torch.Tensor, *, space: str = "logit", steps: int = 100, epochs: int = 60,
+                  width: int = 512, depth: int = 3, train_batch: int = 256, lr: float = 2e-3,
+                  ema: float = 0.995, sample_steps: Optional[int] = 50, eta: float = 0.0, seed: int = 0,
                   eps: float = 1e-4, checkpoint=None, progress: bool = False) -> DiffusionPrior:
     """DDPM prior of posterior rates [N, L] (on the CPU). ``seed`` fixes the initial weights and every
-    training draw; ``checkpoint`` (the model's file) goes into the provenance with its sha256."""
+    training draw; ``checkpoint`` (the model's file) goes into the provenance with its sha256. Sampling
+    defaults to DDIM (eta = 0) over ``sample_steps`` of the ``steps`` (None: all of them)."""
     if rates.dim() != 2 or len(rates) < 1:
         raise PriorError(f"need rates [N, L], got {tuple(rates.shape)}")
     config = {"latent_dim": int(rates.shape[1]), "space": space, "eps": float(eps), "steps": int(steps),
-              "width": int(width), "depth": int(depth), "sample_steps": int(sample_steps or steps),
+              "width": int(width), "depth": int(depth), "sample_steps": int(min(sample_steps or steps, steps)),
               "eta": float(eta)}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
