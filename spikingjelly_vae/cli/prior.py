@@ -1,4 +1,4 @@
-"""`sjvae prior fit`: a GMM or diffusion rate prior of an ESVAE checkpoint, logic in spikingjelly_vae.prior."""
+"""`sjvae prior fit`: a GMM or diffusion rate prior of an ESVAE checkpoint (spikingjelly_vae.prior)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -68,8 +68,8 @@ def prior_fit(*, checkpoint, kind, max_images, dataset, data_root, cache_dir, ou
              if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE]
     if wrong:
         raise ValueError(f"--{wrong[0]} does not apply to --kind {kind}")
-    out = Path(out) if out else default_prior_path(checkpoint, fit["components"], fit["covariance"], kind=kind,
-                                                    name=f"diffusion-{fit['space']}")
+    out = Path(out) if out else default_prior_path(checkpoint, fit["components"], fit["covariance"],
+                                                    kind=kind, name=f"diffusion-{fit['space']}")
     if out.exists() and not force:
         raise ValueError(f"{out} exists; pass --force to replace it or choose another --out")
     dev = resolve_device(device)

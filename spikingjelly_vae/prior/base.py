@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 __all__ = ["PriorError", "RatePrior", "LearnedPrior", "posterior_rates", "sample_images", "prior_batches",
-           "check_esvae"]
+           "check_esvae", "check_latent_dim"]
 
 
 class PriorError(ValueError):
@@ -25,6 +25,13 @@ def check_esvae(model) -> None:
         raise PriorError(f"rate priors apply to ESVAE only (its latent is Poisson firing rates); got "
                          f"{type(model).__name__}. FSVAE and the ANN VAE have no rate prior: "
                          "use their learned prior (--prior learned, model.sample)")
+
+
+def check_latent_dim(prior, path, latent_dim: Optional[int]):
+    """``prior`` if it draws ``latent_dim`` rates (or latent_dim is None), else a PriorError."""
+    if latent_dim is not None and prior.latent_dim != latent_dim:
+        raise PriorError(f"{path} was fitted to {prior.latent_dim} latent rates, the model has {latent_dim}")
+    return prior
 
 
 class RatePrior:

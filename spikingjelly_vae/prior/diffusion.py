@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from .base import PriorError, RatePrior, posterior_rates
+from .base import PriorError, RatePrior, check_latent_dim, posterior_rates
 from .files import load_payload, save_payload
 from .gmm import checkpoint_provenance
 
@@ -154,9 +154,7 @@ class DiffusionPrior(RatePrior):
         p = load_payload(path, kind="diffusion", fmt=FORMAT, version=FORMAT_VERSION, scalars=SCALARS,
                          tensors=TENSORS, how=FIT_HOW)
         prior = cls(p["config"], p["state"], provenance=p["provenance"])
-        if latent_dim is not None and prior.latent_dim != latent_dim:
-            raise PriorError(f"{path} was fitted to {prior.latent_dim} latent rates, the model has {latent_dim}")
-        return prior
+        return check_latent_dim(prior, path, latent_dim)
 
 
 def _train(prior: DiffusionPrior, x0: torch.Tensor, *, epochs: int, batch_size: int, lr: float, ema: float,
@@ -202,8 +200,8 @@ def fit_diffusion(rates: torch.Tensor, *, space: str = "logit", steps: int = 100
     if rates.dim() != 2 or len(rates) < 1:
         raise PriorError(f"need rates [N, L], got {tuple(rates.shape)}")
     config = {"latent_dim": int(rates.shape[1]), "space": space, "eps": float(eps), "steps": int(steps),
-              "width": int(width), "depth": int(depth), "sample_steps": int(min(sample_steps or steps, steps)),
-              "eta": float(eta)}
+              "width": int(width), "depth": int(depth), "eta": float(eta),
+              "sample_steps": int(min(sample_steps or steps, steps))}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         prior = DiffusionPrior(_check_config(config))

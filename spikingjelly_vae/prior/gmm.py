@@ -18,7 +18,7 @@ import torch
 
 from .. import __version__
 from ..atomic import sha256_file
-from .base import PriorError, RatePrior, posterior_rates
+from .base import PriorError, RatePrior, check_latent_dim, posterior_rates
 from .files import load_payload, save_payload
 
 __all__ = ["GaussianMixturePrior", "GMMFit", "fit_gmm", "fit_rate_mixture", "fit_gmm_prior"]
@@ -141,9 +141,7 @@ class GaussianMixturePrior(RatePrior):
                          tensors=TENSORS, how=FIT_HOW)
         prior = cls(p["weights"], p["means"], p["covariances"], covariance=p["covariance"], eps=p["eps"],
                     provenance=p["provenance"])
-        if latent_dim is not None and prior.latent_dim != latent_dim:
-            raise PriorError(f"{path} was fitted to {prior.latent_dim} latent rates, the model has {latent_dim}")
-        return prior
+        return check_latent_dim(prior, path, latent_dim)
 
 
 def fit_rate_mixture(rates: torch.Tensor, *, components: int = 10, covariance: str = "full", seed: int = 0,
