@@ -179,6 +179,13 @@ def _rates(args, model, record):
     return rates_train, rates_test
 
 
+def fixed_prior(prior, args, model, ctx, rates_test, record):
+    """Score a prior that needs no fit (the learned one, the posterior floor)."""
+    record["priors"][prior.name] = {**score(prior.name, prior, model, ctx, args, rates_test), "fit_seconds": 0.0}
+    write(args.out, record)
+    print(prior.name, json.dumps(record["priors"][prior.name]), flush=True)
+
+
 def real_images(args, ctx) -> dict:
     """FAD and FID of --fad-num random real training images: what the metric gives the data itself."""
     train = load_dataset("mnist", "train", root=args.data_root, augment=False)
@@ -259,16 +266,8 @@ def main(argv=None):
     rates_train, rates_test = _rates(args, model, record)
     record["priors"] = {}
     Path(args.grid_dir).mkdir(parents=True, exist_ok=True)
-    fixed = ([] if args.skip_learned else [LearnedPrior(model)]) + ([PosteriorRates(rates_train)] if args.floor
-                                                                    else [])
-    if args.floor:
-        record["real_train_images"] = real_images(args, ctx)
-        write(args.out, record)
-    for prior in fixed:
-        record["priors"][prior.name] = score(prior.name, prior, model, ctx, args, rates_test)
-        record["priors"][prior.name]["fit_seconds"] = 0.0
-        write(args.out, record)
-        print(prior.name, json.dumps(record["priors"][prior.name]), flush=True)
+    if not args.skip_learned:
+        fixed_prior(LearnedPrior(model), args, model, ctx, rates_test, record)
     for space in filter(None, args.diffusion.split(",")):
         diffusion(space, args, model, ctx, rates_train, rates_test, record)
     for k in map(int, filter(None, args.components.split(","))):
@@ -283,6 +282,11 @@ def main(argv=None):
             record["priors"][prior.name] = res
             write(args.out, record)
             print(prior.name, json.dumps({k2: v for k2, v in res.items() if k2 != "provenance"}), flush=True)
+    if args.floor:
+        fixed_prior(PosteriorRates(rates_train), args, model, ctx, rates_test, record)
+        record["real_train_images"] = real_images(args, ctx)
+        write(args.out, record)
+        print("real training images", json.dumps(record["real_train_images"]), flush=True)
     record["load_average_end"] = list(os.getloadavg())
     record["wall_seconds"] = time.perf_counter() - start
     write(args.out, record)
