@@ -169,7 +169,7 @@ def test_prior_fit_refuses_options_of_the_other_kind(diffusion, tmp_path):
         assert not (tmp_path / "p.pt").exists()
     edited = tmp_path / "edited.pt"
     payload = torch.load(path, weights_only=True)
-    payload["config"]["eta"] = 0.0
+    payload["config"]["sample_steps"] = 3  # a valid config, but not the one the digest covers
     torch.save(payload, edited)
     res = invoke("sample", "--checkpoint", ckpt, "--prior", f"diffusion:{edited}", "--out", tmp_path / "x.png",
                  *CPU)
