@@ -46,10 +46,11 @@ class GMMFit:
 def _gaussian_mixture():
     try:
         from sklearn.mixture import GaussianMixture
+        from threadpoolctl import threadpool_limits  # a scikit-learn dependency
     except ImportError:
         raise PriorError("fitting a GMM prior needs scikit-learn: pip install 'spikingjelly-vae[prior]' "
                          "(loading and sampling a fitted one does not)") from None
-    return GaussianMixture
+    return GaussianMixture, threadpool_limits
 
 
 def fit_gmm(x: torch.Tensor, *, components: int, covariance: str = "full", seed: int = 0,
@@ -66,9 +67,11 @@ def fit_gmm(x: torch.Tensor, *, components: int, covariance: str = "full", seed:
         raise PriorError(f"init must be one of {', '.join(INITS)}, got {init!r}")
     if x.dim() != 2 or not 1 <= components <= x.shape[0]:
         raise PriorError(f"need data [N, D] with N >= components ({components}), got {tuple(x.shape)}")
+    mixture, threadpool_limits = _gaussian_mixture()
     data = x.detach().to("cpu", torch.float64).numpy()
-    gm = _gaussian_mixture()(components, covariance_type=covariance, tol=tol, reg_covar=reg_covar,
-                             max_iter=max_iter, init_params=INITS[init], random_state=int(seed)).fit(data)
+    with threadpool_limits(torch.get_num_threads()):  # BLAS threads as torch's: unset, a busy CPU thrashed
+        gm = mixture(components, covariance_type=covariance, tol=tol, reg_covar=reg_covar, max_iter=max_iter,
+                     init_params=INITS[init], random_state=int(seed)).fit(data)
     return GMMFit(torch.from_numpy(gm.weights_).double(), torch.from_numpy(gm.means_).double(),
                   torch.from_numpy(gm.covariances_).double(), covariance, float(gm.score(data)),
                   int(gm.n_iter_), bool(gm.converged_))
