@@ -1,4 +1,6 @@
-"""Learned bottleneck vs ex-post GMM rate priors for ESVAE generation: FAD, clean FID, fit time, grids.
+"""Learned bottleneck vs ex-post GMM vs diffusion rate priors for ESVAE generation: FAD, clean FID, fit
+time, sampling speed, grids. ``--floor`` also scores the model's own reconstructions (the test images'
+posterior rates through the same Poisson latent and decoder): the FAD no rate prior can beat.
 
 Every prior draws the same number of samples with the same seed; the images go through the metric
 modules' functions (not the evaluate CLI). The JSON is rewritten after each prior, so a cut-short run
@@ -6,28 +8,31 @@ keeps what it finished.
 
     PYTHONPATH=$PWD nice -n 19 python benchmarks/bench_prior.py \
         --checkpoint ../shared/checkpoints/esvae_mnist_e20_h200.pt --out results/prior_mnist_e20.json
+    PYTHONPATH=$PWD python benchmarks/bench_prior.py --components 10 --covariances full --diffusion logit,rate \
+        --floor --rates-cache /tmp/rates.pt --out results/prior_diffusion_mnist_e20.json
 """
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from spikingjelly_vae.atomic import atomic_write_text
+from spikingjelly_vae.atomic import atomic_write_text, sha256_file
 from spikingjelly_vae.checkpoint import load_model
 from spikingjelly_vae.data import load_dataset
 from spikingjelly_vae.functional import rbf_mmd
 from spikingjelly_vae.metrics.fad import compute_fad, fad_test_stats, load_fad_model
 from spikingjelly_vae.metrics.fid import (compute_fid, fid_reference_stats, inception_features,
                                           load_fid_inception)
-from spikingjelly_vae.metrics.resources import sha256_file
 from spikingjelly_vae.metrics.sources import tensor_batches
-from spikingjelly_vae.prior import (LearnedPrior, default_prior_path, fit_rate_mixture, load_prior,
-                                    posterior_rates, prior_batches, sample_images)
+from spikingjelly_vae.prior import (DiffusionPrior, LearnedPrior, RatePrior, default_prior_path, fit_diffusion,
+                                    fit_rate_mixture, load_prior, posterior_rates, prior_batches, sample_images)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train import provenance  # noqa: E402  (commit, dirty, versions, load average)
 
 BATCH = 128
 
@@ -49,9 +54,18 @@ def parse_args(argv=None):
     p.add_argument("--fid-num", type=int, default=512, help="the first N of them for FID")
     p.add_argument("--ref-num", type=int, default=1000, help="first N test images for the FID reference")
     p.add_argument("--mmd-num", type=int, default=2000, help="test images whose rates are compared by MMD")
+    p.add_argument("--diffusion", default="", help="diffusion priors to fit, by space: logit,rate")
+    p.add_argument("--diffusion-opts", default="{}", help='JSON of fit_diffusion options, e.g. {"epochs": 40}')
+    p.add_argument("--diffusion-variants", default="[]", help='JSON list of sampler settings scored with the '
+                   'same fitted denoiser, e.g. [{"eta": 1.0, "sample_steps": 100}]')
+    p.add_argument("--floor", action="store_true", help="also score the test images' own posterior rates")
+    p.add_argument("--skip-learned", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only-throughput", action="store_true")
+    p.add_argument("--rates-cache", default="", help="file for the posterior rates (reused when its "
+                   "checkpoint sha256 and image counts match)")
+    p.add_argument("--only-rates", action="store_true", help="encode (into --rates-cache) and stop")
     p.add_argument("--eps-sweep", default="", help="e.g. 0.03125,0.01,0.001,0.0001: only rate-level "
                    "statistics of K=10 mixtures per eps (no decoder, no FID/FAD), written to --out")
     return p.parse_args(argv)
@@ -86,15 +100,35 @@ def score(name, prior, model, ctx, args, rates_test):
     fid = compute_fid(tensor_batches(images[:args.fid_num], BATCH), ctx["fid_ref"], ctx["inception"],
                       "clean", num=args.fid_num)
     t3 = time.perf_counter()
+    t4 = time.perf_counter()
     rates = prior.sample_rates(len(rates_test), generator=torch.Generator().manual_seed(args.seed + 1))
-    png = Path(args.grid_dir) / f"prior_mnist_e20_{name}.png"
+    rates_s = time.perf_counter() - t4
+    png = Path(args.grid_dir) / f"prior_mnist_e20_{name}{f'_seed{args.seed}' if args.seed else ''}.png"
     grid(images, png)
     return {"fad": fad["fad"], "fad_num_images": fad["num_images"], "fid": fid["fid"],
             "fid_num_images": fid["num_images"],
             "mmd_rates_vs_test_posterior": float(rbf_mmd(rates.double(), rates_test.double()).detach()),
             "mean_rate": float(rates.mean()), "frac_rates_below_0.05": float((rates < 0.05).float().mean()),
             "frac_rates_above_0.95": float((rates > 0.95).float().mean()),
-            "sample_seconds": t1 - t0, "fad_seconds": t2 - t1, "fid_seconds": t3 - t2, "grid": str(png)}
+            "sample_seconds": t1 - t0, "images_per_s": len(images) / (t1 - t0),
+            "prior_rates_per_s": len(rates) / rates_s, "fad_seconds": t2 - t1, "fid_seconds": t3 - t2,
+            "grid": str(png), "load_average": list(os.getloadavg())}
+
+
+class PosteriorRates(RatePrior):
+    """The decoder's floor: rows of the fitted training images' posterior rates, drawn at random without
+    replacement, so the images are reconstructions (r_p -> Poisson spikes -> decoder) of random training
+    images. Drawn at random: the first images of MNIST in order are not a fair sample (the FAD of the
+    first 1,280 real test images is 15, of 1,280 random ones 4)."""
+
+    name = "posterior-train"
+
+    def __init__(self, rates):
+        self.rates, self.latent_dim = rates, rates.shape[1]
+
+    def sample_rates(self, n, *, generator=None, device=None):
+        idx = torch.randperm(len(self.rates), generator=generator)[:n]
+        return self.rates[idx].float().to(device or "cpu")
 
 
 def rate_stats(rates, rates_test, T) -> dict:
@@ -123,13 +157,69 @@ def eps_sweep(args, model, record):
 
 
 def _rates(args, model, record):
+    """Posterior rates of the first --fit-images training and --mmd-num test images (cached with
+    --rates-cache: the encoding is the slow part on a CPU, and every run of one checkpoint shares it)."""
+    cache = Path(args.rates_cache) if args.rates_cache else None
+    key = {"checkpoint_sha256": sha256_file(args.checkpoint), "fit_images": args.fit_images,
+           "mmd_num": args.mmd_num}
+    if cache is not None and cache.is_file():
+        saved = torch.load(cache, weights_only=True)
+        if saved["key"] == key:
+            record["encode_seconds"], record["rates_cache"] = saved["seconds"], str(cache)
+            return saved["train"], saved["test"]
     t = time.perf_counter()
     train = load_dataset("mnist", "train", root=args.data_root, augment=False)
     test = load_dataset("mnist", "test", root=args.data_root, augment=False)
     rates_train = posterior_rates(model, train, max_images=args.fit_images)
     rates_test = posterior_rates(model, test, max_images=args.mmd_num).float()
     record["encode_seconds"] = time.perf_counter() - t
+    if cache is not None:
+        torch.save({"key": key, "seconds": record["encode_seconds"], "train": rates_train,
+                    "test": rates_test}, cache)
     return rates_train, rates_test
+
+
+def fixed_prior(prior, args, model, ctx, rates_test, record):
+    """Score a prior that needs no fit (the learned one, the posterior floor)."""
+    record["priors"][prior.name] = {**score(prior.name, prior, model, ctx, args, rates_test), "fit_seconds": 0.0}
+    write(args.out, record)
+    print(prior.name, json.dumps(record["priors"][prior.name]), flush=True)
+
+
+def real_images(args, ctx) -> dict:
+    """FAD and FID of --fad-num random real training images: what the metric gives the data itself."""
+    train = load_dataset("mnist", "train", root=args.data_root, augment=False)
+    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[:args.fad_num]
+    images = torch.stack([train[int(i)][0] for i in idx])
+    fad = compute_fad(tensor_batches(images, BATCH), ctx["fad"], "reference", reference=ctx["fad_ref"])
+    fid = compute_fid(tensor_batches(images[:args.fid_num], BATCH), ctx["fid_ref"], ctx["inception"], "clean",
+                      num=args.fid_num)
+    return {"fad": fad["fad"], "fad_num_images": fad["num_images"], "fid": fid["fid"],
+            "fid_num_images": fid["num_images"], "images": "random training images (seeded by --seed)"}
+
+
+def diffusion(space, args, model, ctx, rates_train, rates_test, record):
+    """Fit a diffusion prior (``--diffusion-opts``, seed ``--seed``), save it, load it back as the CLI does,
+    and score it."""
+    opts = json.loads(args.diffusion_opts)
+    fitted = fit_diffusion(rates_train, space=space, seed=args.seed, eps=args.eps, checkpoint=args.checkpoint,
+                           **opts)
+    path = fitted.save(default_prior_path(Path(args.gmm_dir) / Path(args.checkpoint).name, kind="diffusion",
+                                          name=fitted.name))
+    prior = load_prior(f"diffusion:{path}", model, checkpoint=args.checkpoint)
+    res = score(prior.name, prior, model, ctx, args, rates_test)
+    res.update(fit_seconds=fitted.provenance["fit_seconds"], file=str(path), config=prior.config,
+               provenance=prior.provenance)
+    record["priors"][prior.name] = res
+    write(args.out, record)
+    print(prior.name, json.dumps({k: v for k, v in res.items() if k != "provenance"}), flush=True)
+    for variant in json.loads(args.diffusion_variants):
+        other = DiffusionPrior({**prior.config, **variant}, prior.net.state_dict(), provenance=prior.provenance)
+        name = f"{prior.name}-eta{other.config['eta']:g}-s{other.config['sample_steps']}"
+        record["priors"][name] = {**score(name, other, model, ctx, args, rates_test), "config": other.config,
+                                  "fit_seconds": fitted.provenance["fit_seconds"], "same_denoiser_as": prior.name}
+        write(args.out, record)
+        print(name, json.dumps(record["priors"][name]), flush=True)
 
 
 def write(out, record):
@@ -144,7 +234,7 @@ def main(argv=None):
     model, ckpt = load_model(args.checkpoint)
     model.eval()
     inception = load_fid_inception(args.inception)
-    record = {"argv": sys.argv[1:], "python": platform.python_version(), "torch": str(torch.__version__),
+    record = {"argv": sys.argv[1:], **provenance(), "torch": str(torch.__version__),
               "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": "cpu",
               "load_average_start": list(os.getloadavg()), "checkpoint": str(Path(args.checkpoint).resolve()),
               "checkpoint_sha256": sha256_file(args.checkpoint), "model_config": ckpt["config"],
@@ -153,6 +243,9 @@ def main(argv=None):
     print(json.dumps(record["throughput"]), flush=True)
     if args.eps_sweep:
         return eps_sweep(args, model, record)
+    if args.only_rates:
+        _rates(args, model, record)
+        return print(json.dumps({"encode_seconds": record["encode_seconds"]}))
     if args.only_throughput:
         return print(json.dumps(record, indent=2))
     t = time.perf_counter()
@@ -173,11 +266,11 @@ def main(argv=None):
     rates_train, rates_test = _rates(args, model, record)
     record["priors"] = {}
     Path(args.grid_dir).mkdir(parents=True, exist_ok=True)
-    record["priors"]["learned"] = score("learned", LearnedPrior(model), model, ctx, args, rates_test)
-    record["priors"]["learned"]["fit_seconds"] = 0.0
-    write(args.out, record)
-    print("learned", json.dumps(record["priors"]["learned"]), flush=True)
-    for k in map(int, args.components.split(",")):
+    if not args.skip_learned:
+        fixed_prior(LearnedPrior(model), args, model, ctx, rates_test, record)
+    for space in filter(None, args.diffusion.split(",")):
+        diffusion(space, args, model, ctx, rates_train, rates_test, record)
+    for k in map(int, filter(None, args.components.split(","))):
         for cov in args.covariances.split(","):
             fitted = fit_rate_mixture(rates_train, components=k, covariance=cov, seed=args.seed,
                                       eps=args.eps, checkpoint=args.checkpoint)
@@ -189,6 +282,11 @@ def main(argv=None):
             record["priors"][prior.name] = res
             write(args.out, record)
             print(prior.name, json.dumps({k2: v for k2, v in res.items() if k2 != "provenance"}), flush=True)
+    if args.floor:
+        fixed_prior(PosteriorRates(rates_train), args, model, ctx, rates_test, record)
+        record["real_train_images"] = real_images(args, ctx)
+        write(args.out, record)
+        print("real training images", json.dumps(record["real_train_images"]), flush=True)
     record["load_average_end"] = list(os.getloadavg())
     record["wall_seconds"] = time.perf_counter() - start
     write(args.out, record)

@@ -29,9 +29,9 @@ def _output_path(out, suffixes, force: bool) -> Path:
 def sample_to_file(checkpoint, n: int, out, *, seed: int = 0, device: str = "auto", batch_size: int = 256,
                    nrow: int = 8, force: bool = False, prior: str = "learned", progress: bool = False) -> dict:
     """Generate `n` images with `model.sample` (`prior="learned"`) or, for ESVAE, from the rate prior
-    `prior` ("gmm:PATH", `prior.load_prior`); write a PNG grid (`.png`, the prior's name in its text
-    chunks) or the tensor `[n, C, H, W]` in [-1, 1] (`.pt`). Draws come from one generator seeded with
-    `seed`, so a repeat gives the same images. `progress`: a bar over the batches."""
+    `prior` ("gmm:PATH" or "diffusion:PATH", `prior.load_prior`); write a PNG grid (`.png`, the prior's
+    name in its text chunks) or the tensor `[n, C, H, W]` in [-1, 1] (`.pt`). Draws come from one
+    generator seeded with `seed`, so a repeat gives the same images. `progress`: a bar over the batches."""
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be >= 1, got {n}, {batch_size}")
     out = _output_path(out, (".png", ".pt"), force)

@@ -26,6 +26,8 @@ def _torch_kind(path: Path) -> str:
         return "tensor file"
     if isinstance(obj, dict) and obj.get("format") == "spikingjelly_vae.gmm_prior":
         return "GMM prior"
+    if isinstance(obj, dict) and obj.get("format") == "spikingjelly_vae.diffusion_prior":
+        return "diffusion prior"
     if isinstance(obj, dict) and "model" in obj and "config" in obj:
         return "checkpoint"
     return "torch file"

@@ -1,4 +1,5 @@
-"""`sjvae prior fit` and `--prior gmm:PATH` on sample / evaluate / analyze; compare marks such rows.
+"""`sjvae prior fit --kind gmm|diffusion` and `--prior gmm:PATH|diffusion:PATH` on sample / evaluate /
+analyze; compare marks such rows.
 
 Uses the trained MNIST ESVAE of ../shared (copied: a prior's default file goes beside its checkpoint)."""
 import json
@@ -13,7 +14,8 @@ from PIL import Image
 
 from spikingjelly_vae.checkpoint import save_checkpoint
 from spikingjelly_vae.cli import main
-from spikingjelly_vae.prior import GaussianMixturePrior
+from spikingjelly_vae.models import ESVAE
+from spikingjelly_vae.prior import GaussianMixturePrior, load_prior
 
 ROOT = Path(__file__).resolve().parents[2] / "shared"
 SHARED = Path(os.environ.get("SJVAE_TEST_DATA", ROOT / "data"))
@@ -68,7 +70,7 @@ def test_sample_with_gmm_prior(fitted, tmp_path):
     a, b = (torch.load(tmp_path / f, weights_only=True) for f in ("a.pt", "b.pt"))
     assert a.shape == b.shape == (8, 1, 32, 32) and not torch.equal(a, b)  # another rate source
     res = invoke("sample", "--checkpoint", ckpt, "--prior", "gmm", "--out", tmp_path / "x.png")
-    assert res.exit_code == 2 and "learned or gmm:PATH" in res.output
+    assert res.exit_code == 2 and "gmm:PATH or diffusion:PATH" in res.output
 
 
 def test_evaluate_records_the_prior_and_compare_marks_it(fitted, tmp_path):
@@ -122,3 +124,53 @@ def test_gmm_prior_refused_for_other_checkpoints_and_models(fitted, tmp_path, ti
                  tmp_path / "x.png", *CPU)
     assert res.exit_code == 2 and "refit it" in res.output
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.fixture(scope="module")
+def diffusion(fitted):
+    """(checkpoint copy, diffusion prior file from `sjvae prior fit --kind diffusion`, small and short)."""
+    ckpt, _ = fitted
+    res = invoke("prior", "fit", "--checkpoint", ckpt, "--kind", "diffusion", "--max-images", 256, "--epochs", 2,
+                 "--width", 16, "--steps", 10, "--no-progress", "--data-root", SHARED, *CPU)
+    assert res.exit_code == 0, res.output
+    path = ckpt.with_name("esvae.diffusion-logit.pt")
+    assert f"wrote {path}; use it with --prior diffusion:{path}" in res.output
+    assert "256 mnist training images" in res.output and "fit" in res.output
+    return ckpt, path
+
+
+def test_diffusion_prior_fit_sample_evaluate_analyze(diffusion, tmp_path):
+    ckpt, path = diffusion
+    prior = load_prior(f"diffusion:{path}", ESVAE(1, 32, T=16), checkpoint=ckpt)
+    assert prior.name == "diffusion-logit" and prior.config["width"] == 16 and prior.provenance["epochs"] == 2
+    res = invoke("sample", "--checkpoint", ckpt, "--prior", f"diffusion:{path}", "-n", 8, "--out",
+                 tmp_path / "d.png", *CPU)
+    assert res.exit_code == 0 and "diffusion-logit prior" in res.output, res.output
+    assert Image.open(tmp_path / "d.png").text["prior"] == "diffusion-logit"
+    res = invoke("evaluate", "--checkpoint", ckpt, "--prior", f"diffusion:{path}", "--metrics", "fad",
+                 "--num-samples", 128, "--sample-batch", 64, "--data-root", SHARED, "--fad-dir",
+                 SHARED / "esvae_fad", *CPU)
+    assert res.exit_code == 0, res.output
+    out = ckpt.with_name("esvae.pt.eval-reference.diffusion-logit.json")
+    got = json.loads(out.read_text())
+    assert got["prior"] == "diffusion-logit" and got["prior_file"]["path"] == str(path)
+    assert "ESVAE (ours, diffusion-logit prior)" in invoke("compare", out, "--format", "markdown").output
+    res = invoke("analyze", "--checkpoint", ckpt, "--prior", f"diffusion:{path}", "--num-images", 16,
+                 "--batch-size", 16, "--num-raster", 1, "--data-root", SHARED, "--out-dir", tmp_path, *CPU)
+    assert res.exit_code == 0 and "prior (diffusion-logit)" in res.output, res.output
+    assert json.loads((tmp_path / "analysis.json").read_text())["prior"] == "diffusion-logit"
+
+
+def test_prior_fit_refuses_options_of_the_other_kind(diffusion, tmp_path):
+    ckpt, path = diffusion
+    for args in (("--kind", "diffusion", "--components", 3), ("--epochs", 3)):
+        res = invoke("prior", "fit", "--checkpoint", ckpt, *args, "--out", tmp_path / "p.pt", *CPU)
+        assert res.exit_code == 2 and "does not apply to --kind" in res.output
+        assert not (tmp_path / "p.pt").exists()
+    edited = tmp_path / "edited.pt"
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["sample_steps"] = 3  # a valid config, but not the one the digest covers
+    torch.save(payload, edited)
+    res = invoke("sample", "--checkpoint", ckpt, "--prior", f"diffusion:{edited}", "--out", tmp_path / "x.png",
+                 *CPU)
+    assert res.exit_code == 2 and "digest" in res.output.strip().splitlines()[-1]  # one line says why

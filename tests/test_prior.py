@@ -1,4 +1,5 @@
-"""Rate priors (spikingjelly_vae/prior.py): EM against known mixtures, sampling, files, the ESVAE wiring."""
+"""Rate priors (spikingjelly_vae/prior/): the GMM's EM against known mixtures, sampling, files, the ESVAE
+wiring."""
 import math
 
 import pytest
@@ -65,6 +66,7 @@ def test_sample_matches_mixture_moments():
     assert torch.allclose(torch.cov(y.T), second - mean[:, None] * mean[None], atol=0.15)
 
 
+@pytest.mark.filterwarnings("ignore:Best performing initialization did not converge")  # max_iter=1 on purpose
 def test_em_is_deterministic_and_seed_matters():
     x = _mixture_data(FULL)
     a, b = (fit_gmm(x, components=4, seed=3) for _ in range(2))

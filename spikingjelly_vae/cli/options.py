@@ -162,18 +162,20 @@ def _parse_value(raw: str):
 
 # ----------------------------------------------------------------- --pretrained and --prior (integ-cli)
 PRIOR_HELP = ("Rate source of generated images: learned (the model's own prior, the paper's protocol) or "
-              "gmm:PATH (ESVAE only: a Gaussian mixture from `sjvae prior fit`, fitted to this checkpoint). "
+              "gmm:PATH / diffusion:PATH (ESVAE only: a Gaussian mixture or diffusion prior from "
+              "`sjvae prior fit --kind gmm|diffusion`, fitted to this checkpoint). "
               "See docs/prior.md.")
 
 
 def _prior_spec(ctx, param, value):
-    if value != "learned" and not (value.startswith("gmm:") and len(value) > 4):
-        raise click.BadParameter(f"expected learned or gmm:PATH, got {value!r}")
+    kind, _, path = value.partition(":")
+    if value != "learned" and not (kind in ("gmm", "diffusion") and path):
+        raise click.BadParameter(f"expected learned, gmm:PATH or diffusion:PATH, got {value!r}")
     return value
 
 
 prior_option = click.option("--prior", default="learned", show_default=True, callback=_prior_spec,
-                            metavar="learned|gmm:PATH", help=PRIOR_HELP)
+                            metavar="learned|gmm:PATH|diffusion:PATH", help=PRIOR_HELP)
 
 
 def checkpoint_or_pretrained(help: str = "Model checkpoint written by `sjvae train`.",

@@ -326,7 +326,7 @@ def run_analysis(checkpoint, *, out_dir="results/analysis", dataset: Optional[st
     model, ckpt = load_spiking_model(checkpoint, device)
     dataset = choose_dataset(dataset, [ckpt], [checkpoint])
     label = model_label(ckpt, checkpoint)
-    from ..prior import load_prior  # --prior gmm:PATH: ESVAE only, fitted to this checkpoint
+    from ..prior import load_prior  # --prior gmm:PATH / diffusion:PATH: ESVAE only, fitted to this checkpoint
     rate_prior = None if prior == "learned" else load_prior(prior, model, checkpoint=checkpoint)
     loader = image_loader(dataset, "test", root=data_root, num_images=num_images, batch_size=batch_size)
     out_dir = Path(out_dir)

@@ -5,8 +5,8 @@ feeds both FID (first `num_samples`, as clean-fid) and FAD (all 5,120 in their b
 reference); the reference code draws two such pools, which has the same distribution. IS draws its
 own `is_batches` batches of `is_batch` (reference: 10 x 256, one split per batch).
 Generated images come from the model's learned prior (the paper's protocol), or for ESVAE from the rate
-prior `options.prior` ("gmm:PATH", spikingjelly_vae.prior): still Poisson spikes through the decoder,
-only the rate source differs. The result records the prior's name under "prior".
+prior `options.prior` ("gmm:PATH" or "diffusion:PATH", spikingjelly_vae.prior): still Poisson spikes
+through the decoder, only the rate source differs. The result records the prior's name under "prior".
 A metric whose weights are missing is reported as unavailable with the reason, never as a number.
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ class EvalOptions:
     mse_num: Optional[int] = None      # first N test images only
     fid_ref_num: Optional[int] = None  # FID reference statistics from the first N images only
     seed: int = 0
-    prior: str = "learned"             # learned | gmm:PATH (ESVAE rate prior of `sjvae prior fit`)
+    prior: str = "learned"             # learned | gmm:PATH | diffusion:PATH (`sjvae prior fit`)
 
     def check(self) -> None:
         unknown = [m for m in self.metrics if m not in METRICS]
@@ -153,7 +153,7 @@ def _use_prior(run: _Run, checkpoint) -> None:
     """Sample from the rate prior `options.prior` (refused unless ESVAE and fitted to this checkpoint)."""
     from ..prior import load_prior
     run.prior = load_prior(run.options.prior, run.model, checkpoint=checkpoint)
-    path = run.options.prior[len("gmm:"):]
+    path = run.options.prior.partition(":")[2]
     run.res["prior"] = run.prior.name
     run.res["prior_file"] = {"path": path, "sha256": sha256_file(path),
                              "provenance": getattr(run.prior, "provenance", {})}
