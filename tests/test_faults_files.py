@@ -192,12 +192,13 @@ def prior_file(run, tmp_path_factory):
 @pytest.mark.parametrize("key,value", [("eps", 0.9), ("eps", torch.tensor(1e-4)),
                                        ("weights", torch.tensor([float("nan"), 1.0]))])
 def test_gmm_prior_file_fields(run, prior_file, tmp_path, key, value):
-    from spikingjelly_vae.prior import _digest
+    from spikingjelly_vae.prior.files import digest
+    from spikingjelly_vae.prior.gmm import SCALARS, TENSORS
     payload = torch.load(prior_file, weights_only=True)
     payload[key] = value
     if key != "digest":
         try:  # a hostile file carries a matching digest
-            payload["digest"] = _digest(payload)
+            payload["digest"] = digest(payload, ("format", "format_version", *SCALARS), TENSORS)
         except Exception:  # noqa: BLE001 - fields the digest cannot even hash
             pass
     bad = tmp_path / "bad.pt"

@@ -140,3 +140,12 @@ def test_bad_arguments_refused(tiny):
     for spec in ("diffusion:", "diffusion", "ddpm:x"):
         with pytest.raises(PriorError, match="diffusion:PATH"):
             load_prior(spec, model)
+
+
+def test_config_asking_for_a_huge_denoiser_is_refused_before_building():
+    """A file's config (its digest can be recomputed by anyone) must not make the loader allocate terabytes."""
+    config = dict(latent_dim=32, space="logit", eps=1e-4, steps=100, width=10 ** 6, depth=3, sample_steps=50,
+                  eta=0.0)
+    with pytest.raises(PriorError, match="larger than this package builds"):
+        DiffusionPrior(config)
+    assert DiffusionPrior({**config, "width": 16}).config["width"] == 16

@@ -82,6 +82,11 @@ def _check_config(config: dict) -> dict:
         raise PriorError(f"out-of-range diffusion prior config {config!r}")
     if config["sample_steps"] > config["steps"] or not 0 <= config["eta"] <= 1:
         raise PriorError("sample_steps must lie in [1, steps] and eta in [0, 1]")
+    from ..schemas import MAX_MODEL_ELEMENTS  # a file must not ask for a denoiser larger than a model may be
+    size = (config["depth"] + 2) * config["width"] * (config["width"] + config["latent_dim"])
+    if size > MAX_MODEL_ELEMENTS or config["steps"] > 100_000:
+        raise PriorError(f"a diffusion prior of width {config['width']}, depth {config['depth']} and "
+                         f"{config['steps']} steps is larger than this package builds")
     return dict(config)
 
 
