@@ -64,6 +64,15 @@ def train_steps(model, x, steps: int, lr: float, seed: int = 0, **adamw):
     return losses
 
 
+@pytest.fixture(scope="module")
+def untrained_esvae():
+    """(ESVAE(1, L 8, T 4) in eval mode from seed 0, 48 random images in [-1, 1]); shared, read-only."""
+    torch.manual_seed(0)
+    model = build_model({"model": "esvae", "in_channels": 1, "latent_dim": 8, "T": 4}).eval()
+    images = torch.rand(48, 1, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    return model, images
+
+
 @pytest.fixture(scope="session")
 def trained_tiny_esvae():
     """A tiny ESVAE (8x8 images, hidden (4, 8), L 8, T 4) after 30 AdamW steps (lr 3e-3, bottleneck x10,

@@ -85,17 +85,9 @@ def test_fit_gmm_rejects_bad_arguments():
         fit_gmm(x, components=2, init="bogus")
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    model = ESVAE(1, 8, T=4).eval()
-    images = torch.rand(48, 1, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    return model, images
-
-
 @pytest.mark.parametrize("covariance", ["full", "diag"])
-def test_fit_gmm_prior_rates_in_open_unit_interval(tiny, covariance, tmp_path):
-    model, images = tiny
+def test_fit_gmm_prior_rates_in_open_unit_interval(untrained_esvae, covariance, tmp_path):
+    model, images = untrained_esvae
     ckpt = tmp_path / "model.pt"
     torch.save({"model": model.state_dict()}, ckpt)
     prior = fit_gmm_prior(model, images, components=3, covariance=covariance, max_images=40, seed=0,
@@ -114,8 +106,8 @@ def test_fit_gmm_prior_rates_in_open_unit_interval(tiny, covariance, tmp_path):
     assert prior.eps == 1e-4 and prior.name == f"gmm-k3-{covariance}"
 
 
-def test_posterior_rates_are_the_encoder_rates(tiny):
-    model, images = tiny
+def test_posterior_rates_are_the_encoder_rates(untrained_esvae):
+    model, images = untrained_esvae
     with torch.no_grad():
         want = model.encode(images[:10])[1]
     got = posterior_rates(model, [(images[:6], None), (images[6:20], None)], max_images=10, batch_size=4)
@@ -124,8 +116,8 @@ def test_posterior_rates_are_the_encoder_rates(tiny):
     assert torch.equal(posterior_rates(model, ds, batch_size=3).float(), want)
 
 
-def test_same_seed_same_samples(tiny):
-    model, images = tiny
+def test_same_seed_same_samples(untrained_esvae):
+    model, images = untrained_esvae
     prior = fit_gmm_prior(model, images, components=2, seed=0)
     again = fit_gmm_prior(model, images, components=2, seed=0)
     assert torch.equal(prior.means, again.means)
@@ -138,8 +130,8 @@ def test_same_seed_same_samples(tiny):
     assert a.shape == (5, 1, 32, 32)
 
 
-def test_learned_prior_equals_model(tiny):
-    model, _ = tiny
+def test_learned_prior_equals_model(untrained_esvae):
+    model, _ = untrained_esvae
     learned = LearnedPrior(model)
     assert torch.equal(learned.sample_rates(6, generator=torch.Generator().manual_seed(2)),
                        model.prior_rate(6, torch.Generator().manual_seed(2)))
@@ -149,8 +141,8 @@ def test_learned_prior_equals_model(tiny):
     assert [b.shape[0] for b in batches] == [4, 4]
 
 
-def test_file_round_trip_and_load_prior(tiny, tmp_path):
-    model, images = tiny
+def test_file_round_trip_and_load_prior(untrained_esvae, tmp_path):
+    model, images = untrained_esvae
     ckpt = tmp_path / "m.pt"
     torch.save({"model": model.state_dict()}, ckpt)
     prior = fit_gmm_prior(model, images, components=2, covariance="diag", seed=0, checkpoint=ckpt)
@@ -171,8 +163,8 @@ def test_file_round_trip_and_load_prior(tiny, tmp_path):
         load_prior(f"gmm:{path}", ESVAE(1, 6, T=4))
 
 
-def test_tampered_and_foreign_files_refused(tiny, tmp_path):
-    model, images = tiny
+def test_tampered_and_foreign_files_refused(untrained_esvae, tmp_path):
+    model, images = untrained_esvae
     prior = fit_gmm_prior(model, images, components=2, covariance="full", seed=0)
     path = prior.save(tmp_path / "p.pt")
     payload = torch.load(path, weights_only=True)
@@ -188,8 +180,8 @@ def test_tampered_and_foreign_files_refused(tiny, tmp_path):
             load_prior(f"gmm:{tmp_path / name}", model)
 
 
-def test_refuses_bad_specs_and_non_esvae(tiny):
-    model, _ = tiny
+def test_refuses_bad_specs_and_non_esvae(untrained_esvae):
+    model, _ = untrained_esvae
     for spec in ("gmm:", "gauss", "GMM:x"):
         with pytest.raises(PriorError, match="learned"):
             load_prior(spec, model)
@@ -215,12 +207,12 @@ def test_bad_mixtures_refused():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_fit_and_sample_on_cuda(tiny):
+def test_fit_and_sample_on_cuda(untrained_esvae):
     x = _mixture_data(FULL)
     cpu = fit_gmm(x, components=3, seed=1)
     gpu = fit_gmm(x.cuda(), components=3, seed=1)
     assert torch.allclose(gpu.means.cpu(), cpu.means, atol=1e-6)
-    model, images = tiny
+    model, images = untrained_esvae
     model = ESVAE(1, 8, T=4).eval().cuda()
     prior = fit_gmm_prior(model, images, components=2, covariance="diag", seed=0)
     gen = torch.Generator("cuda").manual_seed(0)

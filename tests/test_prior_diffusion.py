@@ -42,22 +42,14 @@ def test_learns_a_ring(space, one_thread):
     assert trained.provenance["epochs"] == 200 and math.isfinite(trained.provenance["final_loss"])
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    model = ESVAE(1, 8, T=4).eval()
-    images = torch.rand(48, 1, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    return model, images
-
-
 def _quick(model, images, **kw):
     opts = dict(epochs=2, width=16, depth=1, steps=10, seed=0)
     return fit_diffusion_prior(model, images, **{**opts, **kw})
 
 
 @pytest.mark.parametrize("space", ["rate", "logit"])
-def test_samples_are_rates_in_open_unit_interval(tiny, space):
-    model, images = tiny
+def test_samples_are_rates_in_open_unit_interval(untrained_esvae, space):
+    model, images = untrained_esvae
     prior = _quick(model, images, space=space)
     r = prior.sample_rates(500, generator=torch.Generator().manual_seed(0))
     assert r.shape == (500, 8) and r.dtype == torch.float32
@@ -71,8 +63,8 @@ def test_samples_are_rates_in_open_unit_interval(tiny, space):
         prior.sample_x0(2, sample_steps=11)
 
 
-def test_same_seed_same_samples(tiny):
-    model, images = tiny
+def test_same_seed_same_samples(untrained_esvae):
+    model, images = untrained_esvae
     a, b, c = _quick(model, images), _quick(model, images), _quick(model, images, seed=1)
     sa, sb = a.net.state_dict(), b.net.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -83,8 +75,8 @@ def test_same_seed_same_samples(tiny):
     assert torch.equal(x, y)
 
 
-def test_file_round_trip_and_load_prior(tiny, tmp_path):
-    model, images = tiny
+def test_file_round_trip_and_load_prior(untrained_esvae, tmp_path):
+    model, images = untrained_esvae
     ckpt = tmp_path / "m.pt"
     torch.save({"model": model.state_dict()}, ckpt)
     prior = _quick(model, images, checkpoint=ckpt)
@@ -112,8 +104,8 @@ def _edited(path, out, edit):
     return out
 
 
-def test_tampered_and_foreign_files_refused(tiny, tmp_path):
-    model, images = tiny
+def test_tampered_and_foreign_files_refused(untrained_esvae, tmp_path):
+    model, images = untrained_esvae
     path = _quick(model, images).save(tmp_path / "d.pt")
     gmm = fit_gmm_prior(model, images, components=2).save(tmp_path / "g.pt")
     bad = [_edited(path, tmp_path / "w.pt", lambda p: p["state"]["inp.weight"].add_(1e-3)),
@@ -131,8 +123,8 @@ def test_tampered_and_foreign_files_refused(tiny, tmp_path):
         load_prior(f"gmm:{path}", model)
 
 
-def test_bad_arguments_refused(tiny):
-    model, images = tiny
+def test_bad_arguments_refused(untrained_esvae):
+    model, images = untrained_esvae
     with pytest.raises(PriorError, match="space"):
         _quick(model, images, space="probit")
     with pytest.raises(PriorError, match="rates \\[N, L\\]"):
