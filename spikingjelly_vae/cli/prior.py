@@ -11,7 +11,6 @@ from .options import (data_options, dataset_option, device_option, force_option,
                       seed_option)
 
 GMM_ONLY, DIFFUSION_ONLY = ("components", "covariance"), ("steps", "epochs", "width", "space")
-DIFFUSION_IMAGES = 20000  # default --max-images of --kind diffusion: the encoding dominates a CPU fit
 
 
 @main.group("prior")
@@ -30,15 +29,14 @@ def prior_group():
               help="gmm: covariance of each component in logit space.")
 @click.option("--steps", default=100, show_default=True, type=click.IntRange(1),
               help="diffusion: timesteps of the noise schedule (DDIM samples over 50 of them).")
-@click.option("--epochs", default=60, show_default=True, type=click.IntRange(0),
+@click.option("--epochs", default=20, show_default=True, type=click.IntRange(0),
               help="diffusion: passes over the rates.")
 @click.option("--width", default=512, show_default=True, type=click.IntRange(2),
               help="diffusion: units per layer of the denoiser MLP.")
 @click.option("--space", type=click.Choice(["logit", "rate"]), default="logit", show_default=True,
               help="diffusion: run on the clamped logits of the rates or on the rates themselves.")
 @click.option("--max-images", default=None, type=click.IntRange(1),
-              help=f"Fit to the posterior rates of the first N training images [default: all for gmm, "
-                   f"{DIFFUSION_IMAGES} for diffusion].")
+              help="Fit to the posterior rates of the first N training images [default: all].")
 @dataset_option("Dataset the model was trained on (default: read from the checkpoint).")
 @data_options()
 @click.option("--eps", default=1e-4, show_default=True,
@@ -76,7 +74,6 @@ def prior_fit(*, checkpoint, kind, max_images, dataset, data_root, cache_dir, ou
     model, ckpt = load_model(checkpoint, map_location=dev)
     dataset = choose_dataset(dataset, [ckpt], [checkpoint])
     train = load_dataset(dataset, "train", root=data_root, cache_dir=cache_dir, augment=False)
-    max_images = max_images or (DIFFUSION_IMAGES if kind == "diffusion" else None)
     if max_images is not None:
         train = Subset(train, range(min(max_images, len(train))))
     click.echo(f"encoding {len(train)} {dataset} training images ...")

@@ -195,7 +195,7 @@ def _train(prior: DiffusionPrior, x0: torch.Tensor, *, epochs: int, batch_size: 
     return loss_sum
 
 
-def fit_diffusion(rates: torch.Tensor, *, space: str = "logit", steps: int = 100, epochs: int = 60,
+def fit_diffusion(rates: torch.Tensor, *, space: str = "logit", steps: int = 100, epochs: int = 20,
                   width: int = 512, depth: int = 3, train_batch: int = 256, lr: float = 2e-3,
                   ema: float = 0.995, sample_steps: Optional[int] = 50, eta: float = 0.0, seed: int = 0,
                   eps: float = 1e-4, checkpoint=None, progress: bool = False) -> DiffusionPrior:
