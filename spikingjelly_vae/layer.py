@@ -10,10 +10,10 @@ from functools import partial
 from typing import Callable, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import kernels
+from .kernels.bn_lif import tdbn
 from .neuron import PaperLIFNode
 
 
@@ -30,7 +30,9 @@ def unfold(x: torch.Tensor, T: int) -> torch.Tensor:
 class ThresholdDependentBatchNorm(nn.BatchNorm1d):
     """tdBN (Zheng et al. 2021) as the reference code has it.
 
-    Statistics per channel over (T, N[, H, W]); y = weight * alpha * v_th * (x - mean) / sqrt(var + eps) + bias.
+    Statistics per channel over (T, N[, H, W]); y = alpha * v_th * (x - mean) / sqrt(var + eps) * weight + bias;
+    in eval mode computed term by term in the reference's order (``kernels.bn_lif.tdbn``), so converted
+    official checkpoints give the official currents bit for bit.
     alpha * v_th is a fixed multiplier (not folded into the weight's initial value as SpikingJelly does);
     weight starts at 1, bias at 0. Inputs ``[T, N, C]`` or ``[T, N, C, H, W]``. ``momentum=None`` keeps a
     cumulative average of the batch statistics, as torch's BatchNorm does.
@@ -63,8 +65,8 @@ class ThresholdDependentBatchNorm(nn.BatchNorm1d):
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         factor = self.check_and_count(x_seq)
-        y = F.batch_norm(fold(x_seq), self.running_mean, self.running_var, self.weight * self.scale, self.bias,
-                         self.training, factor, self.eps)
+        y = tdbn(fold(x_seq), self.weight, self.bias, self.running_mean, self.running_var, self.training, factor,
+                 self.eps, self.scale)
         return unfold(y, x_seq.shape[0])
 
     def extra_repr(self) -> str:

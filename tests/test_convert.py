@@ -17,12 +17,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from click.testing import CliRunner
 from spikingjelly.activation_based.functional import reset_net
 
 from spikingjelly_vae.checkpoint import load_model
 from spikingjelly_vae.cli import main
 from spikingjelly_vae.convert import ConversionError, convert_official, key_table
+from spikingjelly_vae.layer import TemporalConv2d, TemporalLinear
 from spikingjelly_vae.models.fsvae import run_prefix, run_step
 from spikingjelly_vae.neuron import PaperLIFNode
 from conftest import tiny
@@ -165,6 +167,62 @@ def test_converted_checkpoint_serves_the_checkpoint_commands(tmp_path):
     res = runner.invoke(main, ["info", "--checkpoint", str(dst), "--json", "--device", "cpu"])
     info = json.loads(res.output)
     assert info["checkpoint"]["epoch"] == 8 and info["checkpoint"]["dataset"] == "mnist"
+
+
+# ------------------------------------------------------------------ eval-mode arithmetic of the official layers
+def reference_tdbn(x: torch.Tensor, bn) -> torch.Tensor:
+    """The official tdBatchNorm in eval mode, written out on its time-last (N, C, H, W, T) tensor."""
+    mean, var = bn.running_mean[None, :, None, None, None], bn.running_var[None, :, None, None, None]
+    y = bn.alpha * 0.2 * (x - mean) / (torch.sqrt(var + bn.eps))
+    return y * bn.weight[None, :, None, None, None] + bn.bias[None, :, None, None, None]
+
+
+def reference_lif(x: torch.Tensor) -> torch.Tensor:
+    """The official LIFSpike on time-last x: u = 0.25 u (1 - o) + x, o = 1[u > 0.2]."""
+    u, out = torch.zeros(x.shape[:-1]), torch.zeros(x.shape)
+    for t in range(x.shape[-1]):
+        u = 0.25 * u * (1 - out[..., max(t - 1, 0)]) + x[..., t]
+        out[..., t] = torch.gt(u, 0.2).float()
+    return out
+
+
+def _randomise_bn(bn, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        c = bn.num_features
+        bn.weight.copy_(torch.rand(c, generator=g) * 0.8 + 0.8)
+        bn.bias.copy_(torch.rand(c, generator=g) * 0.3 - 0.05)
+        bn.running_mean.copy_(torch.randn(c, generator=g) * 0.5)
+        bn.running_var.copy_(torch.rand(c, generator=g) * 2 + 0.01)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 2.0])  # 2: the FSVAE posterior and prior MLPs
+def test_eval_tdbn_rounds_as_the_official_code(alpha):
+    """Eval-mode tdBN computes the official expression term by term, so a converted checkpoint's currents are
+    the official ones bit for bit (torch's batch_norm folds it into one affine map, a few ulp apart, and then
+    a spike at the threshold flips: seen on official FSVAE CIFAR-10 posterior MLPs). Linear blocks (tdLinear:
+    the same matmul per step) then give the official spikes exactly, on any seed."""
+    torch.manual_seed(0)
+    block = TemporalLinear(256, 2560, alpha=alpha, kernel_backend="torch")
+    _randomise_bn(block.bn, 1)
+    block.eval()
+    x = (torch.rand(16, 8, 256) < 0.3).float()  # [T, N, C] spikes, as the MLPs see
+    with torch.no_grad():
+        current = block.weight_layer(x)
+        ours = block.bn(current)
+        official_current = F.linear(x.permute(1, 0, 2), block.weight_layer.weight, block.weight_layer.bias)
+        official = reference_tdbn(official_current.permute(0, 2, 1)[:, :, None, None, :], block.bn)
+        reset_net(block)
+        spikes = block(x)
+    assert torch.equal(ours, official[:, :, 0, 0, :].permute(2, 0, 1))
+    assert torch.equal(spikes, reference_lif(official[:, :, 0, 0, :]).permute(2, 0, 1))
+    assert 0.05 < spikes.mean() < 0.95
+    conv = TemporalConv2d(4, 6, alpha=alpha).eval()  # conv currents: the same per-element map
+    _randomise_bn(conv.bn, 2)
+    y = torch.randn(3, 2, 6, 5, 5)
+    with torch.no_grad():
+        want = reference_tdbn(y.permute(1, 2, 3, 4, 0), conv.bn).permute(4, 0, 1, 2, 3)
+        assert torch.equal(conv.bn(y), want)
 
 
 # ------------------------------------------------------------------ bad input through the real CLI

@@ -242,10 +242,10 @@ def test_kernels_compile_once_per_dtype():
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("backend", ["cupy", "torch"])
 def test_tdbn_lif_equals_unfused_on_cuda(training, backend):
-    """kernels.tdbn_lif (fused tdBN + LIF, recomputing backward) vs F.batch_norm -> lif_multistep on CUDA
-    (cuDNN or native BN, whichever torch picks for both): spikes and running statistics equal, gradients
-    within 1e-6 (equality expected: the same BN kernels run)."""
-    import torch.nn.functional as F
+    """kernels.tdbn_lif (fused tdBN + LIF, recomputing backward) vs bn_lif.tdbn -> lif_multistep on CUDA
+    (in training cuDNN or native BN, whichever torch picks for both): spikes and running statistics equal,
+    gradients within 1e-6 (equality expected: the same BN kernels run)."""
+    from spikingjelly_vae.kernels.bn_lif import tdbn
 
     g = torch.Generator(device="cuda").manual_seed(3)
     x = torch.randn(16, 32, 64, 8, 8, device="cuda", generator=g) * 0.7 + 0.1
@@ -259,7 +259,7 @@ def test_tdbn_lif_equals_unfused_on_cuda(training, backend):
             s = kernels.tdbn_lif(*leaves, running_mean=rm, running_var=rv, training=training, scale=0.2,
                                  backend=backend)
         else:
-            y = F.batch_norm(leaves[0].flatten(0, 1), rm, rv, leaves[1] * 0.2, leaves[2], training, 0.1, 1e-5)
+            y = tdbn(leaves[0].flatten(0, 1), leaves[1], leaves[2], rm, rv, training, 0.1, 1e-5, 0.2)
             s = kernels.lif_multistep(y.unflatten(0, x.shape[:2]), backend=backend)
         s.backward(grad)
         out.append((s, rm, rv, *(t.grad for t in leaves)))

@@ -2,9 +2,8 @@
 statistics and gradients bit for bit, and less kept for backward."""
 import pytest
 import torch
-import torch.nn.functional as F
-
 from spikingjelly_vae.kernels import lif_multistep, tdbn_lif
+from spikingjelly_vae.kernels.bn_lif import tdbn
 
 SCALE = 0.2  # alpha * v_th
 
@@ -19,7 +18,7 @@ def _inputs(shape, seed):
 
 
 def _unfused(x, w, b, rm, rv, training, v0=None):
-    y = F.batch_norm(x.flatten(0, 1), rm, rv, w * SCALE, b, training, 0.1, 1e-5).unflatten(0, x.shape[:2])
+    y = tdbn(x.flatten(0, 1), w, b, rm, rv, training, 0.1, 1e-5, SCALE).unflatten(0, x.shape[:2])
     return lif_multistep(y, backend="torch", v_init=v0, return_v=True)
 
 

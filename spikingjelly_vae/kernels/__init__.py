@@ -64,8 +64,8 @@ def tdbn_lif(x_seq: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
              v_threshold: float = 0.2, v_reset: float = 0.0, centre: float = 0.0, half_width: float = 0.5,
              v_init: Optional[torch.Tensor] = None, backend: str = "auto", return_v: bool = False):
     """Opt-in fused ``LIF(tdBN(x_seq))``: spikes ``[T, N, C, ...]`` equal to the unfused composition
-    ``lif_multistep(unfold(F.batch_norm(fold(x_seq), running_mean, running_var, weight * scale, bias,
-    training, momentum, eps)))`` bit for bit (spikes, running statistics, gradients), keeping x instead of
+    ``lif_multistep(unfold(bn_lif.tdbn(fold(x_seq), weight, bias, running_mean, running_var, training,
+    momentum, eps, scale)))`` bit for bit (spikes, running statistics, gradients), keeping x instead of
     x and h for backward (h and y are recomputed there). ``scale`` = alpha * v_th of tdBN; the caller
     counts ``num_batches_tracked``. ``return_v``/``v_init`` as in :func:`lif_multistep`.
     """

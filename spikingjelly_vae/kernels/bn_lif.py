@@ -3,12 +3,12 @@
 The unfused block ``LIF(tdBN(x))`` keeps x (BN), the spikes and h (LIF) for backward. This Function keeps
 x and the spikes (the output, which the next layer keeps anyway), and recomputes y = tdBN(x) and h in
 backward: one step-sized tensor (h, the size of x) less per block, for one extra BN forward and LIF forward
-in backward. The BN runs through ``F.batch_norm`` both times (the backward differentiates the recomputed
+in backward. The BN runs through ``tdbn`` both times (the backward differentiates the recomputed
 call with autograd, on copies of the running statistics so they are updated once), and the LIF through
 ``lif.py`` (torch loop or CuPy kernel, which agree bit for bit), so spikes, running statistics and
 gradients equal the unfused composition's bit for bit (tests/test_kernels_tdbn.py).
 
-    y = weight * scale * (x - mean) / sqrt(var + eps) + bias    (tdBN, scale = alpha * v_th; batch
+    y = scale * (x - mean) / sqrt(var + eps) * weight + bias    (tdBN, scale = alpha * v_th; batch
                                                                 statistics in training, as torch's BN)
     spikes = LIF(y)                                             (ESVAE Eqs. 1-3, see lif.py)
 """
@@ -18,13 +18,30 @@ import torch.nn.functional as F
 from . import lif as _lif
 
 
+def tdbn(x, weight, bias, running_mean, running_var, training: bool, momentum: float, eps: float,
+         scale: float) -> torch.Tensor:
+    """tdBN on folded ``x`` ``[T*N, C, ...]`` (the unfused block's and the fused Function's one definition).
+
+    Training (or no running statistics): ``F.batch_norm(x, ..., weight * scale, bias, ...)``, batch
+    statistics and the running update. Eval: the official tdBatchNorm's operations in its order,
+    ``scale * (x - mean) / sqrt(var + eps) * weight + bias``, so a converted official checkpoint rounds as
+    the official code does (``F.batch_norm`` folds them into one per-channel affine map, which rounds
+    differently by a few ulp and flips a spike whose membrane lies at the threshold).
+    """
+    if training or running_mean is None or running_var is None:
+        return F.batch_norm(x, running_mean, running_var, weight * scale, bias, training, momentum, eps)
+    shape = (-1,) + (1,) * (x.dim() - 2)
+    y = scale * (x - running_mean.view(shape)) / torch.sqrt(running_var.view(shape) + eps)
+    return y * weight.view(shape) + bias.view(shape)
+
+
 def _bn(x, weight, bias, bn, stats=None):
-    """The unfused tdBN's operations on folded ``x``: ``F.batch_norm(x, ..., weight * scale, bias, ...)``;
-    ``stats`` replaces the running statistics (backward passes copies)."""
+    """``tdbn`` with the packed ``bn`` arguments; ``stats`` replaces the running statistics (backward
+    passes copies)."""
     running_mean, running_var, training, momentum, eps, scale = bn
     if stats is not None:
         running_mean, running_var = stats
-    return F.batch_norm(x, running_mean, running_var, weight * scale, bias, training, momentum, eps)
+    return tdbn(x, weight, bias, running_mean, running_var, training, momentum, eps, scale)
 
 
 class TdBNLIF(torch.autograd.Function):
