@@ -71,3 +71,25 @@ def test_bad_input():
         tdbn_lif(x, w[:2], b, running_mean=None, running_var=None, training=True)
     with pytest.raises(ValueError, match=r"\[T, N, C"):
         tdbn_lif(x[0, 0], w, b, running_mean=None, running_var=None, training=True)
+
+
+@pytest.mark.parametrize("shape", [(12, 5), (6, 4, 3, 3)])
+def test_eval_tdbn_in_place_equals_the_graph_and_the_official_order(shape):
+    """Eval tdBN without autograd works in place on one buffer; with autograd it builds the graph. Both give
+    scale * (x - mean) / sqrt(var + eps) * weight + bias bit for bit, and the graph's gradients flow."""
+    g = torch.Generator().manual_seed(3)
+    C = shape[1]
+    x = torch.randn(shape, generator=g)
+    w, b = torch.rand(C, generator=g) + 0.5, torch.randn(C, generator=g) * 0.1
+    rm, rv = torch.randn(C, generator=g) * 0.1, torch.rand(C, generator=g) + 0.5
+    view = (-1,) + (1,) * (len(shape) - 2)
+    want = SCALE * (x - rm.view(view)) / torch.sqrt(rv.view(view) + 1e-5) * w.view(view) + b.view(view)
+    with torch.no_grad():
+        in_place = tdbn(x, w, b, rm, rv, False, 0.1, 1e-5, SCALE)
+    xg = x.clone().requires_grad_(True)
+    graph = tdbn(xg, w, b, rm, rv, False, 0.1, 1e-5, SCALE)
+    graph.sum().backward()
+    assert torch.equal(in_place, want) and torch.equal(graph.detach(), want)
+    expected = (SCALE / torch.sqrt(rv + 1e-5) * w).view(view).expand(shape)
+    torch.testing.assert_close(xg.grad, expected)
+    assert torch.equal(x, xg.detach())  # the input is never written

@@ -31,8 +31,11 @@ def tdbn(x, weight, bias, running_mean, running_var, training: bool, momentum: f
     if training or running_mean is None or running_var is None:
         return F.batch_norm(x, running_mean, running_var, weight * scale, bias, training, momentum, eps)
     shape = (-1,) + (1,) * (x.dim() - 2)
-    y = scale * (x - running_mean.view(shape)) / torch.sqrt(running_var.view(shape) + eps)
-    return y * weight.view(shape) + bias.view(shape)
+    mean, std = running_mean.view(shape), torch.sqrt(running_var.view(shape) + eps)
+    if torch.is_grad_enabled():
+        return scale * (x - mean) / std * weight.view(shape) + bias.view(shape)
+    # the same operations in place on one buffer: equal values, a quarter of the memory traffic
+    return (x - mean).mul_(scale).div_(std).mul_(weight.view(shape)).add_(bias.view(shape))
 
 
 def _bn(x, weight, bias, bn, stats=None):
