@@ -220,18 +220,21 @@ class _MSE(_Metric):
     mse_batch_mean: Optional[Number] = Field(None, ge=0)
 
 
+ROUND_OFF = 1e-3  # a Frechet distance of equal statistics may come out a hair below 0 (matrix square root)
+
+
 class _FID(_Metric):
-    fid: Optional[Number] = None
+    fid: Optional[Number] = Field(None, ge=-ROUND_OFF)  # a distance: never negative
     mode: StrictStr = "clean"
 
 
 class _IS(_Metric):
-    is_: Optional[Number] = Field(None, alias="is")
-    is_std: Optional[Number] = None
+    is_: Optional[Number] = Field(None, alias="is", ge=1 - ROUND_OFF)  # exp of a mean KL divergence: >= 1
+    is_std: Optional[Number] = Field(None, ge=0)
 
 
 class _FAD(_Metric):
-    fad: Optional[Number] = None
+    fad: Optional[Number] = Field(None, ge=-ROUND_OFF)
 
 
 class _Metrics(_Lenient):  # a metric that is present is a mapping (a missing one is simply absent)

@@ -244,7 +244,8 @@ def _setup_run(cfg: TrainConfig, out: Path, device: torch.device, *, rank: int, 
                                           find_unused_parameters=cfg.find_unused_parameters)
     if run.is_main:
         write_train_config(out, cfg, run.model_config, world)
-        run.csv_log = CsvLog(out / "log.csv", keep_through_epoch=run.start_epoch if cfg.resume else None)
+        run.csv_log = CsvLog(out / "log.csv", keep_through_epoch=run.start_epoch if cfg.resume else None,
+                             checkpoint_metrics=(run.ckpt or {}).get("metrics") if cfg.resume else None)
         run.writer = open_tensorboard(out, cfg.tensorboard)
         if run.ckpt is not None and run.resume_point is None:  # resumed from last.pt
             _repair(run)
