@@ -131,5 +131,5 @@ def build_from_config(cfg: TrainConfig):
             build_model(model_config)
     except TypeError as err:
         raise ValueError(f"model {cfg.model!r} does not accept these options {cfg.model_kwargs}: {err}") from None
-    model_shapes(model_config, "the model options", hint)
+    model_shapes(model_config, "the model options", hint)  # its size, on the meta device too
     return model_config, build_model(model_config)
