@@ -43,7 +43,7 @@ def load_checkpoint(path, map_location="cpu", *, resume: bool = False) -> Dict[s
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, pickle with code, random bytes, ...
         raise CheckpointError(f"{path} is not a readable spikingjelly-vae checkpoint (truncated, corrupt or "
-                              f"not saved by this package): {load_error_line(err)}") from None
+                              f"not saved by this package): {load_error_line(err, path)}") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) \
             or not isinstance(ckpt.get("config"), dict):
         raise CheckpointError(f"{path} is a torch file but not a spikingjelly-vae checkpoint (it needs the "
@@ -73,6 +73,25 @@ def _fit_report(path, name, model_shapes: dict, weights: dict) -> Optional[str]:
             + "; the file was edited or saved by another version (`sjvae --debug` shows the details)")
 
 
+def model_shapes(config: dict, where, hint: str) -> Dict[str, tuple]:
+    """The state_dict shapes of the model `config` builds, from a build on the meta device (no memory).
+    CheckpointError naming `where` (plus `hint`) when it cannot be built or holds more than
+    `schemas.MAX_MODEL_ELEMENTS` values. `sjvae train` checks its model with it too, so that every model it
+    trains can be loaded back."""
+    from .models import build_model
+    from .schemas import MAX_MODEL_ELEMENTS
+    try:
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in build_model(config).state_dict().items()}
+    except (TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{where}: cannot rebuild the model from its config {config}: {err}") from None
+    size = sum(math.prod(s) for s in shapes.values())
+    if size > MAX_MODEL_ELEMENTS:
+        raise CheckpointError(f"{where}: its config asks for a model of {size:,} values (more than "
+                              f"{MAX_MODEL_ELEMENTS:,}); {hint}")
+    return shapes
+
+
 def load_model(path, map_location="cpu", expected_model: Optional[str] = None, *,
                resume: bool = False) -> Tuple[torch.nn.Module, dict]:
     """Rebuild the model of a checkpoint and load its weights; returns ``(model, checkpoint)``.
@@ -81,22 +100,13 @@ def load_model(path, map_location="cpu", expected_model: Optional[str] = None, *
     `schemas.MAX_MODEL_ELEMENTS` values, or weights of other shapes, are refused before any allocation.
     Non-finite weights (NaN, inf) are refused too: nothing measured with them would mean anything."""
     from .models import build_model
-    from .schemas import MAX_MODEL_ELEMENTS
 
     ckpt = load_checkpoint(path, map_location, resume=resume)
     config = ckpt["config"]
     name = config.get("model")
     if expected_model is not None and name != expected_model:
         raise CheckpointError(f"{path} holds a {name!r} model, expected {expected_model!r}")
-    try:
-        with torch.device("meta"):
-            shapes = {k: tuple(v.shape) for k, v in build_model(config).state_dict().items()}
-    except (TypeError, ValueError, KeyError) as err:
-        raise CheckpointError(f"{path}: cannot rebuild the model from its config {config}: {err}") from None
-    size = sum(math.prod(s) for s in shapes.values())
-    if size > MAX_MODEL_ELEMENTS:
-        raise CheckpointError(f"{path}: its config asks for a model of {size:,} values (more than "
-                              f"{MAX_MODEL_ELEMENTS:,}); the file is damaged or not one of ours")
+    shapes = model_shapes(config, path, "the file is damaged or not one of ours")
     report = _fit_report(path, name, shapes, ckpt["model"])
     if report:
         raise CheckpointError(report)

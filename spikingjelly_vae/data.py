@@ -40,6 +40,7 @@ from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
 from .dataspec import DATASETS, EMBEDDED, DatasetSpec, dataset_info, dataset_spec
+from .schemas import error_reason
 
 __all__ = ["DATASETS", "DatasetSpec", "dataset_spec", "dataset_info", "load_dataset", "resolve_data_root",
            "resolve_cache_dir", "to_unit_range", "to_signed_range"]
@@ -153,7 +154,7 @@ def _mnist_like(name, split, root, tf):
         return cls(str(root), train=split == "train", transform=tf, download=False)
     except (AssertionError, RuntimeError, ValueError, IndexError, KeyError) as err:  # corrupt idx data
         raise ValueError(f"{name} {split} files under {str(root / folder / 'raw')!r} are corrupt or truncated "
-                         f"({type(err).__name__}: {err}); replace them with the original idx files") from None
+                         f"({error_reason(err)}); replace them with the original idx files") from None
 
 
 class ArrayImageDataset(Dataset):
@@ -179,8 +180,8 @@ def _embedded(name, split, tf):
         with np.load(path, allow_pickle=False) as z:
             images, labels = z[f"{split}_images"], z[f"{split}_labels"]
     except (OSError, KeyError, ValueError) as err:
-        raise ValueError(f"the embedded dataset {name} ({path}) is missing or corrupt ({type(err).__name__}: "
-                         f"{err}); reinstall the package") from None
+        raise ValueError(f"the embedded dataset {name} ({path}) is missing or corrupt ({error_reason(err)}); "
+                         "reinstall the package") from None
     return ArrayImageDataset(images, labels, tf)
 
 
@@ -317,7 +318,7 @@ def _extract_checked(tarball: Path, into: Path) -> None:
     except getattr(tarfile, "FilterError", ()) as err:
         raise ValueError(f"refusing to extract {str(tarball)!r}: {err}") from None
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
-        raise ValueError(f"{str(tarball)!r} is corrupt or truncated ({type(err).__name__}: {err}); "
+        raise ValueError(f"{str(tarball)!r} is corrupt or truncated ({error_reason(err)}); "
                          "download it again") from None
     files = sum(1 for m in members if m.isfile())
     on_disk = sum(1 for f in into.rglob("*") if f.is_file() and not f.is_symlink())

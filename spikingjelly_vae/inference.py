@@ -46,6 +46,7 @@ def sample_to_file(checkpoint, n: int, out, *, seed: int = 0, device: str = "aut
 
         def draw(k, generator):
             return sample_images(model, k, prior=rate_prior, generator=generator)
+    _check_memory(n, model.config, out)
     gen = torch.Generator(device=dev).manual_seed(seed)
     starts = progress_bar(range(0, n, batch_size), desc="sampling", unit="batch", enabled=progress)
     with torch.no_grad():
@@ -57,6 +58,21 @@ def sample_to_file(checkpoint, n: int, out, *, seed: int = 0, device: str = "aut
         atomic_write(out, lambda p: _save_png(images, p, nrow, meta))
     return {"out": str(out), "n": n, "shape": list(images.shape), "model": model.config.get("model"),
             "epoch": ckpt.get("epoch"), "seed": seed, "device": str(dev), "prior": prior_name}
+
+
+def _check_memory(n: int, config: dict, out) -> None:
+    """ValueError before any sampling when `n` images (held in memory, then written whole) would not fit in
+    the memory that is free now (a grid PNG needs about 3 times the images' size again)."""
+    import os
+    side, channels = int(config.get("image_size") or 32), int(config.get("in_channels") or 3)
+    need = n * channels * side * side * 4 * (4 if str(out).lower().endswith(".png") else 1)
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): no check
+        return
+    if need > free:
+        raise ValueError(f"-n {n} images of {channels}x{side}x{side} need about {need / 1e9:,.1f} GB of memory, "
+                         f"{free / 1e9:,.1f} GB are free; lower -n (or write several files with other --seed)")
 
 
 def _save_png(images: torch.Tensor, path, nrow: int, meta: dict) -> None:

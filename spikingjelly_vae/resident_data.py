@@ -31,6 +31,7 @@ from torchvision import datasets, transforms
 
 from .atomic import atomic_write
 from .data import DATASETS, load_dataset, resolve_cache_dir, resolve_data_root, to_signed_range
+from .schemas import error_reason
 
 __all__ = ["RESIDENT_DATASETS", "ResidentDataset", "ResidentLoader", "fits_on_device", "signed_lut"]
 
@@ -249,7 +250,7 @@ def _read_cache(path: Path, name: str, split: str, key: str):
         if ok and entry.get("payload_sha256") != payload_hash(images, labels):
             ok, reason = False, "its images or labels changed since it was written (payload sha256 differs)"
     except Exception as e:  # noqa: BLE001 - any unreadable file is rebuilt
-        ok, reason = False, f"it does not load ({type(e).__name__}: {e})"
+        ok, reason = False, f"it does not load ({error_reason(e)})"
     if ok:
         return entry
     warnings.warn(f"rebuilding the resident-data cache {path}: {reason}", stacklevel=3)

@@ -18,7 +18,7 @@ from pydantic import (AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field
 from typing_extensions import Annotated
 
 __all__ = ["FileFormatError", "check", "ModelConfig", "Checkpoint", "ResumeState", "TrainConfigFile",
-           "ReproduceState", "EvaluateResult", "GMMPriorFile", "MAX_MODEL_ELEMENTS", "load_error_line",
+           "ReproduceState", "EvaluateResult", "GMMPriorFile", "MAX_MODEL_ELEMENTS", "load_error_line", "error_reason",
            "finite_or_none"]
 
 MAX_MODEL_ELEMENTS = 1_000_000_000  # parameters + buffers a checkpoint config may build (4 GB in fp32)
@@ -220,18 +220,21 @@ class _MSE(_Metric):
     mse_batch_mean: Optional[Number] = Field(None, ge=0)
 
 
+ROUND_OFF = 1e-3  # a Frechet distance of equal statistics may come out a hair below 0 (matrix square root)
+
+
 class _FID(_Metric):
-    fid: Optional[Number] = None
+    fid: Optional[Number] = Field(None, ge=-ROUND_OFF)  # a distance: never negative
     mode: StrictStr = "clean"
 
 
 class _IS(_Metric):
-    is_: Optional[Number] = Field(None, alias="is")
-    is_std: Optional[Number] = None
+    is_: Optional[Number] = Field(None, alias="is", ge=1 - ROUND_OFF)  # exp of a mean KL divergence: >= 1
+    is_std: Optional[Number] = Field(None, ge=0)
 
 
 class _FAD(_Metric):
-    fad: Optional[Number] = None
+    fad: Optional[Number] = Field(None, ge=-ROUND_OFF)
 
 
 class _Metrics(_Lenient):  # a metric that is present is a mapping (a missing one is simply absent)
@@ -341,12 +344,37 @@ def check(schema, data, path, hint: str = ""):
                               + (f"; {hint}" if hint else "")) from None
 
 
-def load_error_line(err: Exception) -> str:
+_PLAIN_WORDS = {EOFError: "the file ends too early (empty or cut short)",
+                UnicodeDecodeError: "it is not text in UTF-8", IndexError: "it is cut short or malformed",
+                KeyError: "a part of it is missing", MemoryError: "it asks for more memory than there is"}
+
+
+def error_reason(err: BaseException) -> str:
+    """Why something failed, in one line of words for a user: the error's first line, or, when that is empty
+    or only a library's internals (EOFError, IndexError, ...), a plain description; never a class name."""
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    for kind, words in _PLAIN_WORDS.items():
+        if isinstance(err, kind) and (not first or kind in (IndexError, KeyError)):
+            return words
+    return first[:200] or "it is malformed"
+
+
+def load_error_line(err: Exception, path=None) -> str:
     """One line for why `torch.load` failed (its own text runs to many lines and advises weights_only=False)."""
+    head = b""
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(4)
+        except OSError:
+            pass
+        if not head:
+            return "the file is empty (0 bytes)"
+        if not (head.startswith(b"PK") or head[:1] == b"\x80"):
+            return "it is not a torch file at all (neither a zip archive nor a pickle)"
     if isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in str(err):
         return "it holds Python objects other than tensors and plain values, which are never loaded (unsafe)"
-    first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
-    return f"{type(err).__name__}: {first[:200]}"
+    return error_reason(err)
 
 
 def finite_or_none(value):

@@ -108,7 +108,9 @@ def test_not_a_mapping():
 def test_torch_load_errors_in_one_line():
     import pickle
     assert "never loaded" in schemas.load_error_line(pickle.UnpicklingError("Weights only load failed.\nmore\nmore"))
-    assert schemas.load_error_line(RuntimeError("first\nsecond")) == "RuntimeError: first"
+    assert schemas.load_error_line(RuntimeError("first\nsecond")) == "first"  # words, never a class name
+    assert schemas.load_error_line(EOFError()) == "the file ends too early (empty or cut short)"
+    assert schemas.load_error_line(IndexError("pop from empty list")) == "it is cut short or malformed"
 
 
 @pytest.mark.parametrize("provenance", [{"images": torch.zeros(2)}, {"checkpoint_sha256": torch.zeros(2, 2)},

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from .main import main
+from .options import count, finite, SEED  # bounded option types
 from .options import (data_root_option, dataset_option, device_option, download_if_asked, download_option,
                       options, reports_value_errors)
 from .options import checkpoint_or_pretrained, prior_option  # --pretrained NAME, --prior learned|gmm:PATH
@@ -11,7 +12,7 @@ from .options import checkpoint_or_pretrained, prior_option  # --pretrained NAME
 _experiment_common = options(
     dataset_option("Dataset the model(s) were trained on (default: read from the checkpoint)."),
     data_root_option(),
-    click.option("--seed", default=0, show_default=True, type=int,
+    click.option("--seed", default=0, show_default=True, type=SEED,
                  help="Seed of every random draw (posterior sampling, permutations, masks, probe init)."),
     device_option,
     click.option("--out-dir", default=None, type=click.Path(file_okay=False),
@@ -42,12 +43,12 @@ def _levels(ctx, param, value):
 @click.option("--levels", default=None, callback=_levels,
               help="Comma-separated noise levels a for flip/gaussian [default: 0.05,0.1,0.15,0.2,0.25,0.3]; "
                    "not used by shuffle.")
-@click.option("--num-images", default=None, type=click.IntRange(1),
+@click.option("--num-images", default=None, type=count(1),
               help="Use the first N test images (default: the whole test set).")
-@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1),
+@click.option("--batch-size", default=256, show_default=True, type=count(1),
               help="Test batch; the draws depend on (seed, batch index, shape), so keep it equal across runs "
                    "you compare.")
-@click.option("--num-examples", default=8, show_default=True, type=click.IntRange(1),
+@click.option("--num-examples", default=8, show_default=True, type=count(1),
               help="Images shown in the example grid.")
 @_experiment_common
 @download_option
@@ -72,19 +73,19 @@ def robustness_cmd(*, checkpoints, labels, kind, levels, out_dir, download, **kw
 @main.command("classify")
 @checkpoint_or_pretrained("Model checkpoint (esvae, fsvae; ann-vae uses mu); repeat to compare models.",
                           multiple=True)
-@click.option("--epochs", default=200, show_default=True, type=click.IntRange(1),
+@click.option("--epochs", default=200, show_default=True, type=count(1),
               help="Probe epochs (paper: 200).")
-@click.option("--lr", default=0.01, show_default=True, type=click.FloatRange(0, min_open=True),
+@click.option("--lr", default=0.01, show_default=True, type=finite(0, min_open=True),
               help="SGD learning rate (paper: 0.01).")
-@click.option("--momentum", default=0.9, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+@click.option("--momentum", default=0.9, show_default=True, type=finite(0, 1, max_open=True),
               help="SGD momentum (our choice; the paper does not say).")
-@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(1),
+@click.option("--batch-size", default=128, show_default=True, type=count(1),
               help="Probe mini-batch (our choice; the paper does not say).")
-@click.option("--feature-batch-size", default=256, show_default=True, type=click.IntRange(1),
+@click.option("--feature-batch-size", default=256, show_default=True, type=count(1),
               help="Batch for computing the encoder features.")
-@click.option("--num-train", default=None, type=click.IntRange(1),
+@click.option("--num-train", default=None, type=count(1),
               help="Use the first N training images (default: all).")
-@click.option("--num-test", default=None, type=click.IntRange(1),
+@click.option("--num-test", default=None, type=count(1),
               help="Use the first N test images (default: all).")
 @click.option("--no-cache", is_flag=True,
               help="Recompute the encoder features even if out-dir has them cached.")
@@ -111,14 +112,14 @@ def classify_cmd(*, checkpoints, labels, epochs, lr, momentum, batch_size, no_ca
 @click.option("--history", multiple=True, type=click.Path(exists=True),
               help="Checkpoints of the same run (files, or a folder of .pt files) for the rate distributions "
                    "over training (Fig. 7); repeatable.")
-@click.option("--num-images", default=1000, show_default=True, type=click.IntRange(1),
+@click.option("--num-images", default=1000, show_default=True, type=count(1),
               help="Test images (and as many generated samples) to measure.")
-@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1), help="Batch size.")
-@click.option("--num-raster", default=4, show_default=True, type=click.IntRange(1),
+@click.option("--batch-size", default=256, show_default=True, type=count(1), help="Batch size.")
+@click.option("--num-raster", default=4, show_default=True, type=count(1),
               help="Images shown in the spike raster (Fig. 4).")
-@click.option("--e-ac", default=0.9, show_default=True, type=click.FloatRange(0),
+@click.option("--e-ac", default=0.9, show_default=True, type=finite(0),
               help="Energy of one accumulate in pJ (32-bit float add, 45 nm, Horowitz 2014).")
-@click.option("--e-mac", default=4.6, show_default=True, type=click.FloatRange(0),
+@click.option("--e-mac", default=4.6, show_default=True, type=finite(0),
               help="Energy of one multiply-accumulate in pJ (3.7 mult + 0.9 add, 45 nm, Horowitz 2014).")
 @prior_option
 @_experiment_common

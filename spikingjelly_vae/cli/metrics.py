@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from .main import main
+from .options import count, finite, SEED  # bounded option types
 from .options import (cache_dir_option, check_writable, data_root_option, dataset_option, device_option,
                       download_if_asked, download_option, options, reports_value_errors)
 from .options import checkpoint_or_pretrained, prior_option  # --pretrained NAME, --prior learned|gmm:PATH
@@ -33,18 +34,18 @@ _weights = options(
 )
 
 _counts = options(
-    click.option("--num-samples", default=5000, show_default=True, type=click.IntRange(2),
+    click.option("--num-samples", default=5000, show_default=True, type=count(2),
                  help="Generated images for FID (FAD takes all ceil(n/128)*128 drawn)."),
-    click.option("--sample-batch", default=128, show_default=True, type=click.IntRange(2),
+    click.option("--sample-batch", default=128, show_default=True, type=count(2),
                  help="Sampling batch for FID/FAD (the reference's 128; FAD's BN sees these batches)."),
-    click.option("--is-batch", default=256, show_default=True, type=click.IntRange(1), help="IS sampling batch."),
-    click.option("--is-batches", default=10, show_default=True, type=click.IntRange(1),
+    click.option("--is-batch", default=256, show_default=True, type=count(1), help="IS sampling batch."),
+    click.option("--is-batches", default=10, show_default=True, type=count(1),
                  help="IS batches (reference protocol: one split per batch)."),
-    click.option("--mse-batch", default=None, type=click.IntRange(1),
+    click.option("--mse-batch", default=None, type=count(1),
                  help="Test batch for MSE (default: ESVAE's, 2 x training batch: 512, CelebA 128; FSVAE's "
                       "reference used its training batch, 250 / 64)."),
-    click.option("--mse-num", default=None, type=click.IntRange(1), help="Use only the first N test images for MSE."),
-    click.option("--fid-ref-num", default=None, type=click.IntRange(2),
+    click.option("--mse-num", default=None, type=count(1), help="Use only the first N test images for MSE."),
+    click.option("--fid-ref-num", default=None, type=count(2),
                  help="FID reference statistics from the first N images of the split only (default: all)."),
 )
 
@@ -64,7 +65,7 @@ _counts = options(
 @_weights
 @_counts
 @prior_option
-@click.option("--seed", default=0, show_default=True, help="Seed of the sampling generators.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the sampling generators.")
 @device_option
 @click.option("--output", default=None, type=click.Path(dir_okay=False),
               help="JSON file for all numbers (default: <checkpoint>.eval-<protocol>.json beside it, "
@@ -135,14 +136,14 @@ def fad_ae():
 @cache_dir_option("Default output is <cache>/fad_ae/ (else env SJVAE_CACHE, else ~/.cache/spikingjelly_vae).")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Output folder instead of the cache.")
-@click.option("--epochs", default=150, show_default=True, type=click.IntRange(1), help="Epochs (official 150).")
-@click.option("--batch-size", default=250, show_default=True, type=click.IntRange(2), help="Batch (official 250).")
-@click.option("--lr", default=1e-3, show_default=True, type=float, help="AdamW learning rate (official 1e-3).")
-@click.option("--latent-dim", default=None, type=click.IntRange(1),
+@click.option("--epochs", default=150, show_default=True, type=count(1), help="Epochs (official 150).")
+@click.option("--batch-size", default=250, show_default=True, type=count(2), help="Batch (official 250).")
+@click.option("--lr", default=1e-3, show_default=True, type=finite(), help="AdamW learning rate (official 1e-3).")
+@click.option("--latent-dim", default=None, type=count(1),
               help="Latent size (default: official, 64 MNIST/Fashion-MNIST, 128 CIFAR-10/CelebA).")
 @device_option
-@click.option("--seed", default=0, show_default=True, help="Seed for initialisation and shuffling.")
-@click.option("--limit", default=None, type=click.IntRange(2), help="Use only the first N train and test images.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed for initialisation and shuffling.")
+@click.option("--limit", default=None, type=count(2), help="Use only the first N train and test images.")
 @click.option("--overwrite", is_flag=True, help="Replace files of an earlier run in the output folder.")
 @reports_value_errors
 def fad_ae_train(dataset, data_root, device, download, **kwargs):

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import errno
 import functools
+import math
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -16,6 +18,33 @@ from ..runtime import DEVICE_HELP
 
 DATA_ROOT_HELP = "Folder holding the datasets (else env SJVAE_DATA, else ./data)."
 CACHE_HELP = "Cache for extracted archives (else env SJVAE_CACHE, else ~/.cache/spikingjelly_vae)."
+
+
+MAX_COUNT = 2 ** 31 - 1  # counts and sizes: bounded, so no slice or tensor call fails deep inside
+MAX_WORKERS = 128  # DataLoader workers: each one is a process
+
+
+class FiniteFloat(click.FloatRange):
+    """click's FloatRange that also refuses NaN and infinities (NaN passes every range comparison)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+def finite(min=None, max=None, **open_ends) -> FiniteFloat:
+    """A finite float option type within [min, max] (min_open / max_open as click's FloatRange)."""
+    return FiniteFloat(min, max, **open_ends)
+
+
+def count(min: int = 0, max: int = MAX_COUNT) -> click.IntRange:
+    """An integer option type within [min, max]; the upper bound keeps huge values out of slices and tensors."""
+    return click.IntRange(min, max)
+
+
+SEED = click.IntRange(-2 ** 63, 2 ** 63 - 1)  # what torch.manual_seed and the derived seeds take
 
 
 def options(*decorators):
@@ -53,9 +82,23 @@ def reports_value_errors(f):
         except Exception as e:  # a failure nobody foresaw: still one line; the traceback under --debug
             if _debug():
                 raise
+            if out_of_memory(e):
+                raise click.ClickException(out_of_memory(e)) from None
             raise click.ClickException(f"unexpected {type(e).__name__}: {one_line(str(e))}; rerun with "
                                        "`sjvae --debug ...` for the traceback and report it") from None
     return wrapper
+
+
+def out_of_memory(e: BaseException) -> str:
+    """The one line for a failed allocation (MemoryError, torch's CPU or CUDA allocator), else ''."""
+    text = str(e)
+    if not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in text or "out of memory" in text.lower()):
+        return ""
+    asked = re.search(r"allocate (\d+) bytes", text)
+    size = f" ({int(asked.group(1)) / 1e9:,.1f} GB asked for)" if asked else ""
+    return (f"not enough memory{size}: lower the sizes this command was given (batch size, number of images, "
+            "--latent-dim, --T, grid or model sizes) and rerun")
 
 
 def one_line(message: str) -> str:
@@ -90,8 +133,8 @@ def device_option(f):
     return click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)(f)
 
 
-def seed_option(default: int, help: str):
-    return click.option("--seed", type=int, default=default, show_default=True, help=help)
+def seed_option(default: int, help: str, kind: click.IntRange = SEED):
+    return click.option("--seed", type=kind, default=default, show_default=True, help=help)
 
 
 def force_option(f):

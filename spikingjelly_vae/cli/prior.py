@@ -7,6 +7,7 @@ import click
 from click.core import ParameterSource
 
 from .main import main
+from .options import count, finite  # bounded option types
 from .options import (data_options, dataset_option, device_option, force_option, reports_value_errors,
                       seed_option)
 
@@ -23,27 +24,28 @@ def prior_group():
               help="ESVAE checkpoint written by `sjvae train`.")
 @click.option("--kind", type=click.Choice(["gmm", "diffusion"]), default="gmm", show_default=True,
               help="Gaussian mixture (EM, needs scikit-learn) or a diffusion model (DDPM) over the rates.")
-@click.option("--components", default=10, show_default=True, type=click.IntRange(1),
+@click.option("--components", default=10, show_default=True, type=count(1),
               help="gmm: mixture components K.")
 @click.option("--covariance", type=click.Choice(["full", "diag"]), default="full", show_default=True,
               help="gmm: covariance of each component in logit space.")
-@click.option("--steps", default=100, show_default=True, type=click.IntRange(1),
+@click.option("--steps", default=100, show_default=True, type=count(1),
               help="diffusion: timesteps of the noise schedule (DDIM samples over 50 of them).")
-@click.option("--epochs", default=20, show_default=True, type=click.IntRange(0),
+@click.option("--epochs", default=20, show_default=True, type=count(0),
               help="diffusion: passes over the rates.")
-@click.option("--width", default=512, show_default=True, type=click.IntRange(2),
+@click.option("--width", default=512, show_default=True, type=count(2),
               help="diffusion: units per layer of the denoiser MLP.")
 @click.option("--space", type=click.Choice(["logit", "rate"]), default="logit", show_default=True,
               help="diffusion: run on the clamped logits of the rates or on the rates themselves.")
-@click.option("--max-images", default=None, type=click.IntRange(1),
+@click.option("--max-images", default=None, type=count(1),
               help="Fit to the posterior rates of the first N training images [default: all].")
 @dataset_option("Dataset the model was trained on (default: read from the checkpoint).")
 @data_options()
 @click.option("--eps", default=1e-4, show_default=True,
-              type=click.FloatRange(0, 0.5, min_open=True, max_open=True),
+              type=finite(0, 0.5, min_open=True, max_open=True),
               help="Rates are clamped to [eps, 1 - eps] (keep it small against 1/T).")
-@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1), help="Encoder batch.")
-@seed_option(0, "Seed of the fit (gmm: k-means++ seeding; diffusion: initial weights and training draws).")
+@click.option("--batch-size", default=256, show_default=True, type=count(1), help="Encoder batch.")
+@seed_option(0, "Seed of the fit (gmm: k-means++ seeding; diffusion: initial weights and training draws).",
+             count(0, 2 ** 32 - 1))  # scikit-learn's random_state takes 0..2**32-1
 @device_option
 @click.option("--progress/--no-progress", default=True, show_default=True, help="diffusion: a progress bar.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from .main import main
+from .options import count, finite, MAX_WORKERS  # bounded option types
 from .options import data_options, device_option, reports_value_errors, seed_option
 
 MODELS = ("esvae", "fsvae", "ann-vae")
@@ -31,14 +32,14 @@ def _models(ctx, param, value):
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Results folder; the runs go to OUT/<dataset>/<model>/, the table to "
                    "OUT/<dataset>/table1.md. Rerun the same command to continue.")
-@click.option("--budget-minutes", type=click.FloatRange(0, min_open=True), default=None,
+@click.option("--budget-minutes", type=finite(0, min_open=True), default=None,
               help="Training time of this call: it stops at the step (or test batch) whose measured duration "
                    "exceeds what is left, saving the exact state inside the epoch; the next call continues it "
                    "(the first step of a call always runs) [default: no limit].")
-@click.option("--checkpoint-every", type=click.IntRange(1), default=None, metavar="N",
+@click.option("--checkpoint-every", type=count(1), default=None, metavar="N",
               help="Also save the exact training state every N optimizer steps (a kill -9 loses at most N "
                    "steps); SIGTERM and Ctrl-C always save it before exiting.")
-@click.option("--max-epochs-per-call", type=click.IntRange(1), default=None,
+@click.option("--max-epochs-per-call", type=count(1), default=None,
               help="Also stop each call after this many epochs in total.")
 @click.option("--reevaluate", is_flag=True, help="Evaluate complete schedules again.")
 @data_options()
@@ -51,7 +52,7 @@ def _models(ctx, param, value):
               help="torchvision inception_v3 weights for IS; else env SJVAE_IS_WEIGHTS (else IS "
                    "unavailable).")
 @device_option
-@click.option("--num-workers", type=click.IntRange(0), default=None,
+@click.option("--num-workers", type=count(0, MAX_WORKERS), default=None,
               help="DataLoader worker processes [0 on CPU, 4 on CUDA].")
 @seed_option(42, "Seed of training and evaluation (fixed at a folder's first call).")
 @click.option("--quick", is_flag=True,

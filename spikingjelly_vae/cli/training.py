@@ -10,6 +10,7 @@ import click
 
 from ..presets import preset_table
 from .main import main
+from .options import count, finite, MAX_WORKERS  # bounded option types
 from .options import (checkpoint_option, data_options, dataset_option, device_option, download_if_asked,
                       download_option, force_option, options, parse_model_opts, reports_value_errors,
                       seed_option)
@@ -24,29 +25,29 @@ _run_folder = options(
                       "given again are taken from the run's train_config.json. Only --epochs, --max-steps and "
                       "machinery options may change; new hyper-parameters need --force or another --out."),
     click.option("--force", is_flag=True, help="Start over in an --out that holds a run, replacing its run files."),
-    click.option("--checkpoint-every", type=click.IntRange(1), default=None, metavar="N",
+    click.option("--checkpoint-every", type=count(1), default=None, metavar="N",
                  help="Also save the exact state inside an epoch (<out>/resume.pt) every N optimizer steps, so a "
                       "kill -9 loses at most N steps. SIGTERM and Ctrl-C always save it before exiting."),
 )
 
 _preset = options(
-    click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs [default: the preset, table above]."),
-    click.option("--max-steps", type=click.IntRange(1), default=None,
+    click.option("--epochs", type=count(1), default=None, help="Epochs [default: the preset, table above]."),
+    click.option("--max-steps", type=count(1), default=None,
                  help="Stop after this many optimizer steps in total (a short run); the epoch in progress is then "
                       "evaluated and checkpointed."),
-    click.option("--batch-size", type=click.IntRange(1), default=None,
+    click.option("--batch-size", type=count(1, 1 << 20), default=None,
                  help="Batch per process [default: the preset]; under torchrun the global batch is "
                       "processes x this."),
-    click.option("--lr", type=click.FloatRange(0, min_open=True), default=None,
+    click.option("--lr", type=finite(0, min_open=True), default=None,
                  help="Learning rate actually used [default: the preset, the official lr x batch/250]."),
-    click.option("--bottleneck-lr-mult", type=click.FloatRange(0, min_open=True), default=None,
+    click.option("--bottleneck-lr-mult", type=finite(0, min_open=True), default=None,
                  help="ESVAE: learning rate of the bottleneck (prior) layer as a multiple of --lr [default: "
                       "the preset, 10]."),
-    click.option("--weight-decay", type=click.FloatRange(0), default=None, help="AdamW weight decay [default: the preset]."),
-    click.option("--latent-dim", type=click.IntRange(1), default=None,
+    click.option("--weight-decay", type=finite(0), default=None, help="AdamW weight decay [default: the preset]."),
+    click.option("--latent-dim", type=count(1, 65536), default=None,
                  help="Latent size L [default: the preset]."),
-    click.option("--T", "T", type=click.IntRange(1), default=None, help="Time steps [default: the preset, 16]."),
-    click.option("--lambda", "mmd_lambda", type=click.FloatRange(0), default=None,
+    click.option("--T", "T", type=count(1, 1024), default=None, help="Time steps [default: the preset, 16]."),
+    click.option("--lambda", "mmd_lambda", type=finite(0), default=None,
                  help="ESVAE: weight of the MMD term in the loss [default: the preset, 0.001]."),
     click.option("--model-opt", "model_opts", multiple=True, callback=parse_model_opts, metavar="KEY=VALUE",
                  help="Other model-builder option, e.g. kernel_backend=torch, half_width=0.5, "
@@ -57,15 +58,15 @@ _preset = options(
 )
 
 _evaluation = options(
-    click.option("--test-batch-size", type=click.IntRange(1), default=None, help="Test batch [2 x --batch-size]."),
-    click.option("--train-subset", type=click.IntRange(1), default=None,
+    click.option("--test-batch-size", type=count(1, 1 << 20), default=None, help="Test batch [2 x --batch-size]."),
+    click.option("--train-subset", type=count(1), default=None,
                  help="Train on a fixed random subset of this many images (chosen by --seed)."),
-    click.option("--test-subset", type=click.IntRange(1), default=None,
+    click.option("--test-subset", type=count(1), default=None,
                  help="Evaluate on the first this many test images (default: the whole test set)."),
-    click.option("--grid-every", type=click.IntRange(0), default=1, show_default=True,
+    click.option("--grid-every", type=count(0), default=1, show_default=True,
                  help="Write reconstruction and sample PNG grids every N epochs and after the last (0: last only)."),
-    click.option("--grid-images", type=click.IntRange(1), default=64, show_default=True, help="Images per grid."),
-    click.option("--keep-every", type=click.IntRange(0), default=0, show_default=True,
+    click.option("--grid-images", type=count(1, 4096), default=64, show_default=True, help="Images per grid."),
+    click.option("--keep-every", type=count(0), default=0, show_default=True,
                  help="Also keep <out>/checkpoints/epochNNNN.pt every N epochs, for `sjvae analyze --history` "
                       "(0: only last.pt and best.pt)."),
 )
@@ -75,7 +76,7 @@ _machinery = options(
     device_option,
     click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), default="off", show_default=True,
                  help="Mixed precision on CUDA (fp16 uses a gradient scaler)."),
-    click.option("--num-workers", type=click.IntRange(0), default=None,
+    click.option("--num-workers", type=count(0, MAX_WORKERS), default=None,
                  help="DataLoader worker processes [0 on CPU, 4 on CUDA]."),
     click.option("--data-on-gpu/--no-data-on-gpu", default=None,
                  help="Hold the whole dataset on the device and batch it there, no DataLoader [default: on for "
@@ -172,12 +173,12 @@ def _saved_options(out) -> dict:
 
 @main.command("sample")
 @checkpoint_or_pretrained("Model checkpoint written by `sjvae train` (last.pt or best.pt).")
-@click.option("-n", "--num", "n", type=click.IntRange(1), default=64, show_default=True, help="Images to generate.")
+@click.option("-n", "--num", "n", type=count(1), default=64, show_default=True, help="Images to generate.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Output: .png for a grid, .pt for the tensor [n, C, H, W] in [-1, 1].")
 @seed_option(0, "Seed of the sampling generator.")
-@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True, help="Images per model call.")
-@click.option("--nrow", type=click.IntRange(1), default=8, show_default=True, help="Images per grid row (.png).")
+@click.option("--batch-size", type=count(1), default=256, show_default=True, help="Images per model call.")
+@click.option("--nrow", type=count(1), default=8, show_default=True, help="Images per grid row (.png).")
 @prior_option
 @device_option
 @force_option
@@ -200,14 +201,14 @@ def sample_cmd(checkpoint, n, out, pretrained=None, **kwargs):
 @checkpoint_or_pretrained()
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="PNG: rows of originals, each above its row of reconstructions.")
-@click.option("-n", "--num", "n", type=click.IntRange(1), default=32, show_default=True,
+@click.option("-n", "--num", "n", type=count(1), default=32, show_default=True,
               help="Use the first n images of the split.")
 @dataset_option("Dataset (default: the one in the checkpoint).", choice=False)
 @click.option("--split", default="test", show_default=True, help="train or test (CelebA also valid, all).")
 @data_options("Cache folder (else env SJVAE_CACHE).")
 @download_option
 @seed_option(0, "Seed of the posterior sampling.")
-@click.option("--nrow", type=click.IntRange(1), default=8, show_default=True, help="Images per row.")
+@click.option("--nrow", type=count(1), default=8, show_default=True, help="Images per row.")
 @device_option
 @force_option
 @reports_value_errors
@@ -224,8 +225,8 @@ def reconstruct_cmd(checkpoint, out, download, **kwargs):
 @click.option("--model", default="esvae", show_default=True, help="Model to build when no --checkpoint: "
               "esvae, fsvae or ann-vae.")
 @dataset_option("Dataset shapes and preset when no --checkpoint.", default="mnist", choice=False)
-@click.option("--latent-dim", type=click.IntRange(1), default=None, help="Latent size [preset].")
-@click.option("--T", "T", type=click.IntRange(1), default=None, help="Time steps [preset].")
+@click.option("--latent-dim", type=count(1, 65536), default=None, help="Latent size [preset].")
+@click.option("--T", "T", type=count(1, 1024), default=None, help="Time steps [preset].")
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @reports_value_errors

@@ -273,20 +273,20 @@ def energy_report(rates: Dict, ann: Dict, e_ac: float = E_AC_PJ, e_mac: float = 
                      f"({first_mac:.4g} MACs per reconstructed image here)")}
 
 
-def history_rates(checkpoints: Sequence, loader, seed: int, device) -> List[Dict]:
-    """Posterior/prior rate histograms of each checkpoint of a run, sorted by epoch."""
-    from .common import load_spiking_model
+def history_rates(checkpoints: Sequence, loader, seed: int, device, config: dict) -> List[Dict]:
+    """Posterior/prior rate histograms of each checkpoint of a run, sorted by epoch; ValueError for a
+    checkpoint whose model differs from `config` (the analysed checkpoint's): another run's."""
+    from .common import load_spiking_model, require_same_model
 
     out = []
     for path in checkpoints:
         model, ckpt = load_spiking_model(path, device)
+        require_same_model(ckpt, config, f"--history {path}")
         r = latent_rates(model, loader, seed=seed, device=device)
         out.append({"checkpoint": str(path), "epoch": ckpt.get("epoch"), "T": r["T"],
                     "posterior": rate_histogram(r["posterior"], r["T"]).tolist(),
                     "prior": rate_histogram(r["prior"], r["T"]).tolist()})
     out.sort(key=lambda h: (h["epoch"] is None, h["epoch"] if h["epoch"] is not None else 0, h["checkpoint"]))
-    if len({h["T"] for h in out}) > 1:
-        raise ValueError("the --history checkpoints have different T; give checkpoints of one run")
     return out
 
 
@@ -347,9 +347,7 @@ def run_analysis(checkpoint, *, out_dir="results/analysis", dataset: Optional[st
                 f"({rates['num_images']} test images)")
     hist = []
     if history:
-        hist = history_rates(history, loader, seed, device)
-        if hist[0]["T"] != T:
-            raise ValueError(f"--history checkpoints have T={hist[0]['T']}, the analysed checkpoint T={T}")
+        hist = history_rates(history, loader, seed, device, ckpt["config"])
         write_csv(out_dir / "firing_rates_history.csv",
                   [{"checkpoint": h["checkpoint"], "epoch": h["epoch"], "stage": st, "rate": k / T,
                     "frequency": v}

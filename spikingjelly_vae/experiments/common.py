@@ -47,6 +47,17 @@ def load_spiking_model(path, device, spiking_only: bool = True) -> tuple:
     return model.eval(), ckpt
 
 
+SAME_RUN = ("model", "in_channels", "image_size", "latent_dim", "T", "hidden")  # what a run never changes
+
+
+def require_same_model(ckpt: dict, config: dict, what: str) -> None:
+    """ValueError when checkpoint `ckpt` holds another model than `config` (so it is another run's)."""
+    other = next((k for k in SAME_RUN if ckpt["config"].get(k) != config.get(k)), None)
+    if other:
+        raise ValueError(f"{what} is a checkpoint of another model ({other} {ckpt['config'].get(other)!r}, the "
+                         f"analysed one {config.get(other)!r}); give checkpoints of the same run")
+
+
 def choose_dataset(dataset: Optional[str], ckpts: Sequence[dict], paths: Sequence) -> str:
     """``dataset`` if given, else the one every checkpoint records; checked against the models' inputs."""
     from ..data import dataset_info

@@ -90,6 +90,19 @@ def _check_config(config: dict) -> dict:
     return dict(config)
 
 
+def _check_state(net: nn.Module, state) -> None:
+    """PriorError unless `state` holds exactly the denoiser's tensors, float, of its shapes and finite (NaN
+    weights would give NaN rates; integer ones would be cast without a word)."""
+    shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    if not isinstance(state, dict) or set(state) != set(shapes):
+        raise PriorError("the denoiser weights do not fit its config (other tensor names); refit it")
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point() or tuple(value.shape) != shapes[key]:
+            raise PriorError(f"the denoiser weight {key!r} is not a float tensor of shape {shapes[key]}; refit it")
+        if not torch.isfinite(value).all():
+            raise PriorError(f"the denoiser weight {key!r} holds NaN or infinite values; refit it")
+
+
 class DiffusionPrior(RatePrior):
     """Rates from a DDPM over the posterior rates (fitted by ``fit_diffusion_prior``)."""
 
@@ -97,10 +110,8 @@ class DiffusionPrior(RatePrior):
         self.config = _check_config(config)
         self.net = Denoiser(config["latent_dim"], config["width"], config["depth"]).eval()
         if state is not None:
-            try:
-                self.net.load_state_dict(state)
-            except (RuntimeError, TypeError) as err:
-                raise PriorError(f"the denoiser weights do not fit its config: {err}") from None
+            _check_state(self.net, state)
+            self.net.load_state_dict(state)
         self.net.requires_grad_(False)
         self.alpha_bar = cosine_alpha_bar(config["steps"])
         self.provenance = dict(provenance or {})
@@ -158,7 +169,10 @@ class DiffusionPrior(RatePrior):
         """Read a file written by ``save``; anything else (or an edited file) raises PriorError."""
         p = load_payload(path, kind="diffusion", fmt=FORMAT, version=FORMAT_VERSION, scalars=SCALARS,
                          tensors=TENSORS, how=FIT_HOW)
-        prior = cls(p["config"], p["state"], provenance=p["provenance"])
+        try:
+            prior = cls(p["config"], p["state"], provenance=p["provenance"])
+        except PriorError as err:
+            raise PriorError(f"{path}: {err}") from None
         return check_latent_dim(prior, path, latent_dim)
 
 

@@ -64,8 +64,8 @@ def load_payload(path, *, kind: str, fmt: str, version: int, scalars: tuple, ten
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        first = (str(err).strip().splitlines() or [""])[0][:160]  # torch's messages run over many lines
-        raise PriorError(f"{what}: unreadable as a weights-only torch file ({type(err).__name__}: {first})"
+        from ..schemas import load_error_line
+        raise PriorError(f"{what}: unreadable as a weights-only torch file ({load_error_line(err, path)})"
                          ) from None
     keys = {"format", "format_version", *scalars, *tensors, "provenance", "digest"}
     if not isinstance(payload, dict) or set(payload) != keys or payload["format"] != fmt:

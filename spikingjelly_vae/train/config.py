@@ -116,11 +116,20 @@ def _check_positive(cfg, keys, kind):
 
 def build_from_config(cfg: TrainConfig):
     """The model config dict of a resolved TrainConfig and the model built from it."""
+    import torch
+
+    from ..checkpoint import model_shapes
     from ..models import build_model
+    from ..schemas import ModelConfig, check
     info = dataset_info(cfg.dataset)
     model_config = {"model": cfg.model, "in_channels": info["in_channels"], "image_size": info["image_size"],
                     **cfg.model_kwargs}
+    hint = "a checkpoint of it could not be loaded back: lower the sizes (--latent-dim, --T, --model-opt)"
+    check(ModelConfig, model_config, "the model options", hint)  # the bounds every checkpoint is read with
     try:
-        return model_config, build_model(model_config)
+        with torch.device("meta"):  # unknown options and bad values, before anything is allocated
+            build_model(model_config)
     except TypeError as err:
         raise ValueError(f"model {cfg.model!r} does not accept these options {cfg.model_kwargs}: {err}") from None
+    model_shapes(model_config, "the model options", hint)  # its size, on the meta device too
+    return model_config, build_model(model_config)

@@ -135,7 +135,9 @@ def release_lock(out: Path) -> None:
 class CsvLog:
     """log.csv, one row per epoch; on resume, rows after the checkpoint's epoch are dropped."""
 
-    def __init__(self, path: Path, keep_through_epoch: Optional[int] = None):
+    def __init__(self, path: Path, keep_through_epoch: Optional[int] = None, checkpoint_metrics=None):
+        """`checkpoint_metrics`: the metrics of the resumed checkpoint's epoch; a row of that epoch with
+        another test loss means the log is another run's, and ValueError says so (nothing is written)."""
         self.path, self.fields, self.last_epoch = path, None, 0
         if path.is_file():
             text = path.read_text()
@@ -149,6 +151,7 @@ class CsvLog:
             if self.fields is None:  # empty or without a header: start it again (repair_epoch redoes a row)
                 path.unlink()
                 return
+            _check_rows_match(path, rows, checkpoint_metrics)
             buf = [",".join(self.fields)] + [",".join(r[k] for k in self.fields) for r in rows]
             atomic_write_text(path, "\n".join(buf) + "\n")
             self.last_epoch = max((int(r["epoch"]) for r in rows), default=0)
@@ -165,6 +168,22 @@ class CsvLog:
             f.flush()
             os.fsync(f.fileno())
         self.last_epoch = int(row["epoch"])
+
+
+def _check_rows_match(path: Path, rows: list, metrics) -> None:
+    """ValueError when the row of the checkpoint's epoch records another test loss than the checkpoint."""
+    epoch, loss = (metrics or {}).get("epoch"), (metrics or {}).get("test_loss")
+    row = next((r for r in rows if r["epoch"] == str(epoch)), None)
+    if row is None or loss is None or "test_loss" not in row:
+        return
+    try:
+        same = math.isclose(float(row["test_loss"]), float(loss), rel_tol=1e-9)
+    except ValueError:
+        same = False
+    if not same:
+        raise ValueError(f"{path} is not this run's log: its epoch {epoch} row has test loss {row['test_loss']}, "
+                         f"the checkpoint {loss!r}; restore this run's log.csv, or move it away (the resume "
+                         "then starts the log again from this epoch)")
 
 
 def _whole_row(row: dict, fields) -> bool:
@@ -233,8 +252,13 @@ def repair_epoch(out: Path, cfg, ckpt: dict, csv_log: CsvLog) -> list:
     it), the kept history checkpoint and the log row. Returns what was redone (the grids: the caller)."""
     epoch, metrics = int(ckpt["epoch"]), dict(ckpt.get("metrics") or {})
     redone = []
-    loss = metrics.get("test_loss", math.inf)
-    if loss < _test_loss(out / "best.pt"):
+    loss, best = metrics.get("test_loss", math.inf), _test_loss(out / "best.pt")
+    recorded = ckpt.get("best_test_loss")
+    if recorded is not None and best < recorded and not math.isclose(best, recorded, rel_tol=1e-9):
+        raise ValueError(f"{out / 'best.pt'} is not this run's: its test loss {best!r} is below the best this run "
+                         f"reached ({recorded!r}, last.pt); restore this run's best.pt, or move it away "
+                         "(the resume then makes last.pt the best so far)")
+    if loss < best:
         _copy(out / "last.pt", out / "best.pt")
         redone.append("best.pt")
     kept = out / "checkpoints" / f"epoch{epoch:04d}.pt"

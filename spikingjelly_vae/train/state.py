@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subs
 from ..checkpoint import load_model
 from ..data import load_dataset
 from ..runtime import derived_seed
+from ..schemas import error_reason
 from .config import TrainConfig, build_from_config
 from .distributed import is_distributed, on_rank0
 from .resume import RESUME_FILE, SkipSampler, StopControl, ignore_stop_signals, resume_source
@@ -197,7 +198,7 @@ def _optimizer(run: Run) -> None:
             if run.ckpt.get("scaler"):
                 run.scaler.load_state_dict(run.ckpt["scaler"])
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
-            why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            why = error_reason(err)
             raise ValueError(f"{resume_source(run.out)}: its optimizer state does not fit this model ({why}); start "
                              "the run over with --force or another --out") from None
         run.start_epoch, run.step = int(run.ckpt["epoch"]), int(run.ckpt.get("step", 0))
@@ -243,7 +244,8 @@ def _setup_run(cfg: TrainConfig, out: Path, device: torch.device, *, rank: int, 
                                           find_unused_parameters=cfg.find_unused_parameters)
     if run.is_main:
         write_train_config(out, cfg, run.model_config, world)
-        run.csv_log = CsvLog(out / "log.csv", keep_through_epoch=run.start_epoch if cfg.resume else None)
+        run.csv_log = CsvLog(out / "log.csv", keep_through_epoch=run.start_epoch if cfg.resume else None,
+                             checkpoint_metrics=(run.ckpt or {}).get("metrics") if cfg.resume else None)
         run.writer = open_tensorboard(out, cfg.tensorboard)
         if run.ckpt is not None and run.resume_point is None:  # resumed from last.pt
             _repair(run)
