@@ -68,7 +68,8 @@ def test_other_commands_refuse_non_finite_and_huge_numbers(run, tmp_path):
     ckpt = run / "last.pt"
     for args, option in [(["analyze", "--e-ac", "nan"], "--e-ac"), (["classify", "--lr", "nan"], "--lr"),
                          (["evaluate", "--mse-batch", "1" + "0" * 20], "--mse-batch"),
-                         (["prior", "fit", "--seed", "-1"], "--seed")]:
+                         (["prior", "fit", "--seed", "-1"], "--seed"),
+                         (["prior", "fit", "--kind", "diffusion", "--epochs", "0"], "--epochs")]:
         msg = one_line(sjvae(*args, "--checkpoint", ckpt, "--device", "cpu"))
         assert f"'{option}'" in msg, msg
 
@@ -155,6 +156,7 @@ def test_analyze_history_of_another_run_is_refused(run, tmp_path):
     msg = one_line(sjvae("analyze", "--checkpoint", run / "last.pt", "--history", other / "last.pt", "--data-root",
                          SHARED, "--device", "cpu", "--num-images", 8, "--batch-size", 8, "--out-dir", tmp_path / "a"))
     assert "another model (latent_dim 16" in msg, msg
+    assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())  # refused before any output
 
 
 def test_resume_refuses_a_log_or_a_better_best_of_another_run(run, tmp_path):
@@ -165,8 +167,9 @@ def test_resume_refuses_a_log_or_a_better_best_of_another_run(run, tmp_path):
         copy = tmp_path / name
         shutil.copytree(worse, copy)  # the file of the other run: its log, or its best.pt of a lower loss
         shutil.copyfile(better / name, copy / name)
-        before = (copy / name).read_bytes()
+        before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
         msg = one_line(sjvae("train", "--resume", "--out", copy, "--epochs", 2, "--no-progress", "--device", "cpu",
                              "--data-root", SHARED))
         assert f"{copy / name} is not this run's" in msg, msg
-        assert (copy / name).read_bytes() == before and not (copy / ".lock").exists()
+        # nothing in the folder changed (train_config.json included, though --epochs differs) and no lock is left
+        assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before

@@ -178,6 +178,8 @@ def test_tampered_and_foreign_files_refused(untrained_esvae, tmp_path):
     for name in ("edited.pt", "edited_prov.pt", "checkpoint.pt", "junk.pt", "missing.pt"):
         with pytest.raises(PriorError, match="GMM prior|digest|does not exist"):
             load_prior(f"gmm:{tmp_path / name}", model)
+    with pytest.raises(PriorError, match=r"is a folder, not a GMM prior file; fit one with `sjvae prior fit`"):
+        load_prior(f"gmm:{tmp_path}", model)
 
 
 def test_refuses_bad_specs_and_non_esvae(untrained_esvae):

@@ -30,7 +30,7 @@ def prior_group():
               help="gmm: covariance of each component in logit space.")
 @click.option("--steps", default=100, show_default=True, type=count(1),
               help="diffusion: timesteps of the noise schedule (DDIM samples over 50 of them).")
-@click.option("--epochs", default=20, show_default=True, type=count(0),
+@click.option("--epochs", default=20, show_default=True, type=count(1),
               help="diffusion: passes over the rates.")
 @click.option("--width", default=512, show_default=True, type=count(2),
               help="diffusion: units per layer of the denoiser MLP.")

@@ -337,6 +337,8 @@ def run_analysis(checkpoint, *, out_dir="results/analysis", dataset: Optional[st
     x0 = next(iter(loader))[0].to(device)
     energy = energy_report(rates, ann_operations(model, x0, seed), e_ac, e_mac)
 
+    # another run's --history checkpoint is refused before anything is written
+    hist = history_rates(history, loader, seed, device, ckpt["config"]) if history else []
     _write_tables(out_dir, T, summary, energy)
     plot_rate_distributions(rates, out_dir / "firing_rates.png",
                             f"{label} on {dataset}: latent firing rates, {rates['num_images']} test images "
@@ -345,9 +347,7 @@ def run_analysis(checkpoint, *, out_dir="results/analysis", dataset: Optional[st
     plot_layers(energy, out_dir / "layers.png",
                 f"{label} on {dataset}: per-layer firing rates, operations and energy per image "
                 f"({rates['num_images']} test images)")
-    hist = []
-    if history:
-        hist = history_rates(history, loader, seed, device, ckpt["config"])
+    if hist:
         write_csv(out_dir / "firing_rates_history.csv",
                   [{"checkpoint": h["checkpoint"], "epoch": h["epoch"], "stage": st, "rate": k / T,
                     "frequency": v}

@@ -59,6 +59,8 @@ def load_payload(path, *, kind: str, fmt: str, version: int, scalars: tuple, ten
     ``kind`` names the prior in messages ("GMM"), ``how`` says how to make a new file."""
     path = Path(path)
     what = f"{path} is not a {kind} prior written by spikingjelly_vae.prior ({how})"
+    if path.is_dir():
+        raise PriorError(f"{path} is a folder, not a {kind} prior file; {how}")
     if not path.is_file():
         raise PriorError(f"{kind} prior file {path} does not exist; {how}")
     try:

@@ -140,20 +140,25 @@ class CsvLog:
         another test loss means the log is another run's, and ValueError says so (nothing is written)."""
         self.path, self.fields, self.last_epoch = path, None, 0
         if path.is_file():
-            text = path.read_text()
-            if not text.endswith("\n"):  # a row cut by a crash mid-write has no line end: drop it
-                text = text[:text.rfind("\n") + 1]
-            with io.StringIO(text, newline="") as f:
+            with path.open(newline="") as f:
+                text = f.read()
+            whole = text[:text.rfind("\n") + 1]  # a row cut by a crash mid-write has no line end: drop it
+            with io.StringIO(whole, newline="") as f:
                 reader = csv.DictReader(f)
                 self.fields = reader.fieldnames if reader.fieldnames and "epoch" in reader.fieldnames else None
-                rows = [r for r in reader if self.fields and keep_through_epoch is not None
-                        and _whole_row(r, self.fields) and int(r["epoch"]) <= keep_through_epoch]
+                read = list(reader)
+            rows = [r for r in read if self.fields and keep_through_epoch is not None
+                    and _whole_row(r, self.fields) and int(r["epoch"]) <= keep_through_epoch]
             if self.fields is None:  # empty or without a header: start it again (repair_epoch redoes a row)
                 path.unlink()
                 return
             _check_rows_match(path, rows, checkpoint_metrics)
-            buf = [",".join(self.fields)] + [",".join(r[k] for k in self.fields) for r in rows]
-            atomic_write_text(path, "\n".join(buf) + "\n")
+            if rows != read or whole != text:  # rewritten only when rows go
+                with io.StringIO(newline="") as buf:
+                    writer = csv.DictWriter(buf, fieldnames=self.fields)
+                    writer.writeheader()
+                    writer.writerows(rows)
+                    atomic_write_text(path, buf.getvalue())
             self.last_epoch = max((int(r["epoch"]) for r in rows), default=0)
 
     def write(self, row: dict) -> None:

@@ -243,12 +243,13 @@ def _setup_run(cfg: TrainConfig, out: Path, device: torch.device, *, rank: int, 
         run.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                           find_unused_parameters=cfg.find_unused_parameters)
     if run.is_main:
-        write_train_config(out, cfg, run.model_config, world)
+        # log.csv and best.pt first: another run's are refused before train_config.json is rewritten
         run.csv_log = CsvLog(out / "log.csv", keep_through_epoch=run.start_epoch if cfg.resume else None,
                              checkpoint_metrics=(run.ckpt or {}).get("metrics") if cfg.resume else None)
-        run.writer = open_tensorboard(out, cfg.tensorboard)
         if run.ckpt is not None and run.resume_point is None:  # resumed from last.pt
             _repair(run)
+        write_train_config(out, cfg, run.model_config, world)
+        run.writer = open_tensorboard(out, cfg.tensorboard)
     return run
 
 
