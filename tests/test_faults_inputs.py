@@ -4,44 +4,27 @@ no command could load back; a failed allocation and an unreadable file read as o
 exception class name; prior files, evaluate JSONs, --history checkpoints, log.csv and best.pt of another run
 are refused. Tiny MNIST runs as in tests/test_faults_files.py."""
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from test_faults_files import SHARED, sjvae
+from test_faults_files import TINY as FILES_TINY
+from test_faults_files import one_line as error_line
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SJVAE_TEST_DATA", REPO.parent / "shared" / "data"))
 pytestmark = pytest.mark.skipif(not (SHARED / "MNIST").is_dir(), reason="shared data not found")
-TINY = ["--data-root", SHARED, "--batch-size", "16", "--T", "4", "--latent-dim", "8", "--train-subset", "64",
-        "--test-subset", "32", "--grid-images", "8", "--model-opt", "hidden=(4,4,8,8)", "--no-progress",
-        "--no-tensorboard", "--device", "cpu"]
+TINY = [*FILES_TINY, "--device", "cpu"]
 MINI = ["--dataset", "mnist-mini", "--device", "cpu", "--batch-size", "8", "--max-steps", "1", "--no-progress",
         "--no-tensorboard"]
 CLASS_NAME = re.compile(r"\b[A-Z][A-Za-z]*(Error|Exception)\b")
 
 
-def sjvae(*args, code=None):
-    """The real CLI in a subprocess (run from the repository, so this checkout is imported)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    argv = [sys.executable, "-m", "spikingjelly_vae.cli"] if code is None else \
-        [sys.executable, "-c", code + "\nfrom spikingjelly_vae.cli import main\nmain()"]
-    return subprocess.run([*argv, *[str(a) for a in args]], env=env, cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
-
-
 def one_line(res, code=2):
-    """Exit `code` with exactly one `Error:` line, no traceback and no exception class name; the line."""
-    out = res.stdout + res.stderr
-    assert res.returncode == code, out
-    errors = [line for line in out.splitlines() if line.startswith("Error:")]
-    assert "Traceback" not in out and len(errors) == 1, out
-    assert not CLASS_NAME.search(errors[0]), errors[0]
-    return errors[0]
+    """test_faults_files.one_line, and no exception class name in the line."""
+    line = error_line(res, code)
+    assert not CLASS_NAME.search(line), line
+    return line
 
 
 @pytest.fixture(scope="module")
